@@ -1,0 +1,8 @@
+"""jaxinterp: interpretability for Procgen reinforcement-learning agents, in JAX."""
+
+from jaxinterp import _xla  # noqa: F401  (must run before jax is imported)
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import Agent
+from jaxinterp.weights.store import agent_from_state_dict, load_agent, save_agent
+
+__all__ = ["Agent", "JaxinterpError", "agent_from_state_dict", "load_agent", "save_agent"]

@@ -1,0 +1,220 @@
+"""PPO for Procgen Heist, shaped like purejaxrl: a pure jitted policy step and a pure jitted update (epochs and
+minibatches as ``lax.scan``), with procgen stepping on the host.
+
+``make_train(config)`` returns the pieces; ``train`` runs them in resumable sittings: checkpoints hold the params,
+optimizer, reward normalizer, RNG and the environments' own state, so a restarted run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import Agent
+from jaxinterp.models.impala import get_architecture
+from jaxinterp.weights.convert import init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Hyper-parameters; the defaults are the procgen PPO baseline used for Heist agents (easy, unbounded levels)."""
+
+    arch: str = "impala"
+    num_envs: int = 64
+    num_steps: int = 256
+    num_minibatches: int = 8
+    update_epochs: int = 3
+    lr: float = 5e-4
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_rewards: bool = True
+    distribution_mode: str = "easy"
+    num_levels: int = 0
+    start_level: int = 0
+
+    def __post_init__(self) -> None:
+        get_architecture(self.arch)
+        batch = self.num_envs * self.num_steps
+        if batch % self.num_minibatches:
+            raise JaxinterpError(
+                f"num_envs*num_steps (={batch}) must be divisible by num_minibatches (={self.num_minibatches})"
+            )
+        for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs"):
+            if getattr(self, name) < 1:
+                raise JaxinterpError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def frames_per_iteration(self) -> int:
+        return self.num_envs * self.num_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> PPOConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise JaxinterpError(f"unknown PPO config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**fields)
+
+
+class RewardNormalizer(NamedTuple):
+    """openai-baselines VecNormalize for rewards: scale by the running std of the discounted return, clip at 10."""
+
+    returns: np.ndarray  # per env discounted return so far
+    mean: np.ndarray
+    var: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def create(cls, num_envs: int) -> RewardNormalizer:
+        return cls(np.zeros(num_envs), np.zeros(()), np.ones(()), np.full((), 1e-4))
+
+    def update(self, reward: np.ndarray, done: np.ndarray, gamma: float) -> tuple[RewardNormalizer, np.ndarray]:
+        returns = self.returns * gamma + reward
+        b_mean, b_var, b_count = returns.mean(), returns.var(), returns.size
+        delta, total = b_mean - self.mean, self.count + b_count
+        mean = self.mean + delta * b_count / total
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        scaled = np.clip(reward / np.sqrt(m2 / total + 1e-8), -10.0, 10.0).astype(np.float32)
+        return RewardNormalizer(np.where(done, 0.0, returns), mean, m2 / total, total), scaled
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    key: jax.Array  # raw uint32 key data, so that checkpoints hold plain arrays
+    normalizer: RewardNormalizer
+    iteration: np.ndarray
+    frames: np.ndarray
+
+
+class Transition(NamedTuple):
+    """One rollout step for all envs (arrays are stacked along a leading time axis)."""
+
+    obs: jax.Array  # uint8 (N, 64, 64, 3)
+    action: jax.Array
+    logp: jax.Array
+    value: jax.Array
+    reward: jax.Array  # normalized when config.normalize_rewards
+    done: jax.Array  # the episode ended with this step
+
+
+def compute_gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+    """Generalized advantage estimates and value targets, scanning backwards over time."""
+
+    def step(carry, t):
+        next_adv, next_value = carry
+        nonterminal = 1.0 - t.done.astype(jnp.float32)
+        delta = t.reward + gamma * next_value * nonterminal - t.value
+        adv = delta + gamma * lam * nonterminal * next_adv
+        return (adv, t.value), adv
+
+    _, adv = jax.lax.scan(step, (jnp.zeros_like(last_value), last_value), traj, reverse=True)
+    return adv, adv + traj.value
+
+
+class Trainer(NamedTuple):
+    """The pure pieces of PPO for one config (``make_train``'s result)."""
+
+    config: PPOConfig
+    agent: Agent  # the architecture (its params are the initial ones)
+    optimizer: optax.GradientTransformation
+    init: Callable  # key -> TrainState
+    policy_step: Callable  # (params, obs, key) -> (action, logp, value)   [jitted]
+    loss: Callable  # (params, minibatch) -> (loss, metrics)
+    minibatch_step: Callable  # (params, opt_state, minibatch) -> (params, opt_state, metrics)
+    update: Callable  # (state, traj, last_value) -> (state, metrics)   [jitted; epochs x minibatches scan]
+
+
+def make_train(config: PPOConfig) -> Trainer:
+    """Build the jitted policy step and update for ``config`` (purejaxrl's ``make_train``, host-stepped env)."""
+    arch = get_architecture(config.arch)
+    num_actions = 15
+    agent = Agent(arch, init_params(arch, jax.random.key(0), num_actions=num_actions), num_actions=num_actions)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5))
+    batch = config.frames_per_iteration
+    mb_size = batch // config.num_minibatches
+
+    def init(key: jax.Array) -> TrainState:
+        k_init, k_run = jax.random.split(key)
+        params = init_params(arch, k_init, num_actions=num_actions)
+        return TrainState(params, optimizer.init(params), jax.random.key_data(k_run),
+                          RewardNormalizer.create(config.num_envs), np.zeros((), np.int64), np.zeros((), np.int64))
+
+    @jax.jit
+    def policy_step(params, obs, key):
+        logits, value = agent.apply(params, obs)
+        action = jax.random.categorical(key, logits)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
+        return action, logp, value
+
+    def loss(params, mb):
+        logits, value = agent.apply(params, mb["obs"])
+        logp_all = jax.nn.log_softmax(logits)
+        logp = jnp.take_along_axis(logp_all, mb["action"][:, None], 1)[:, 0]
+        ratio = jnp.exp(logp - mb["logp"])
+        adv = (mb["adv"] - mb["adv"].mean()) / (mb["adv"].std() + 1e-8)
+        pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * adv).mean()
+        # Clipped value loss, as in the procgen baseline (PPO2).
+        v_clip = mb["value"] + jnp.clip(value - mb["value"], -config.clip_eps, config.clip_eps)
+        v_loss = 0.5 * jnp.maximum((value - mb["ret"]) ** 2, (v_clip - mb["ret"]) ** 2).mean()
+        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
+        total = pg + config.vf_coef * v_loss - config.ent_coef * entropy
+        metrics = {
+            "policy_loss": pg,
+            "value_loss": v_loss,
+            "entropy": entropy,
+            "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
+            "clip_fraction": (jnp.abs(ratio - 1) > config.clip_eps).mean(),
+        }
+        return total, metrics
+
+    def minibatch_step(params, opt_state, mb):
+        grads, metrics = jax.grad(loss, has_aux=True)(params, mb)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    @jax.jit
+    def update(state: TrainState, traj: Transition, last_value: jax.Array):
+        adv, ret = compute_gae(traj, last_value, config.gamma, config.gae_lambda)
+        flat = {
+            "obs": traj.obs, "action": traj.action, "logp": traj.logp, "value": traj.value, "adv": adv, "ret": ret,
+        }
+        flat = jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]), flat)
+        key, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, batch).reshape(config.num_minibatches, mb_size)
+
+            def mb_body(carry, idx):
+                params, opt_state = carry
+                params, opt_state, metrics = minibatch_step(params, opt_state, jax.tree.map(lambda x: x[idx], flat))
+                return (params, opt_state), metrics
+
+            return jax.lax.scan(mb_body, carry, perm)
+
+        (params, opt_state), metrics = jax.lax.scan(
+            epoch, (state.params, state.opt_state), jax.random.split(k_epochs, config.update_epochs)
+        )
+        state = state._replace(params=params, opt_state=opt_state, key=jax.random.key_data(key))
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update)
+
+
+def config_json(config: PPOConfig) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)

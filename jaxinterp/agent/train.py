@@ -1,0 +1,227 @@
+"""The host loop around PPO: rollouts on procgen, jitted updates, resumable checkpoints, JSONL metrics and a
+learning curve. Restarting the same command continues from the last checkpoint exactly (envs included).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxinterp.agent.ppo import PPOConfig, Trainer, TrainState, Transition, make_train
+from jaxinterp.envs.heist import HeistConfig, HeistEnv, HeistState
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import Agent
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+EPISODE_WINDOW = 100  # episodes in the running return / success-rate average
+
+
+def heist_config(config: PPOConfig, seed: int) -> HeistConfig:
+    return HeistConfig(config.num_envs, config.distribution_mode, config.num_levels, config.start_level, seed)
+
+
+def rollout(trainer: Trainer, state: TrainState, env: HeistEnv, obs: np.ndarray):
+    """``num_steps`` steps of every env with the current policy: (state, trajectory, last value, next obs)."""
+    cfg = trainer.config
+    key = jax.random.wrap_key_data(state.key)
+    normalizer, steps = state.normalizer, []
+    for _ in range(cfg.num_steps):
+        key, k = jax.random.split(key)
+        action, logp, value = trainer.policy_step(state.params, obs, k)
+        next_obs, reward, done, _ = env.step(np.asarray(action))
+        if cfg.normalize_rewards:
+            normalizer, reward = normalizer.update(reward, done, cfg.gamma)
+        steps.append(Transition(obs, action, logp, value, reward, done))
+        obs = next_obs
+    key, k = jax.random.split(key)
+    last_value = trainer.policy_step(state.params, obs, k)[2]
+    traj = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *steps)
+    return state._replace(key=jax.random.key_data(key), normalizer=normalizer), traj, last_value, obs
+
+
+class _Checkpoints:
+    """``run_dir/checkpoints/iter_NNNNNN``: the train state (orbax), the envs' state and observations (npz)."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / CHECKPOINTS
+
+    def latest(self) -> Path | None:
+        found = sorted(self.dir.glob("iter_*[0-9]")) if self.dir.exists() else []
+        return found[-1] if found else None
+
+    def save(self, state: TrainState, env_state: HeistState, obs: np.ndarray) -> Path:
+        import orbax.checkpoint as ocp
+
+        final = self.dir / f"iter_{int(state.iteration):06d}"
+        if final.exists():
+            return final
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(tmp.absolute() / "state", jax.tree.map(np.asarray, state))
+        np.savez(tmp / "env.npz", obs=obs, **env_state.to_arrays())
+        tmp.rename(final)  # a checkpoint exists whole or not at all
+        for old in sorted(self.dir.glob("iter_*[0-9]"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
+        return final
+
+    @staticmethod
+    def load(path: Path, template: TrainState) -> tuple[TrainState, HeistState, np.ndarray]:
+        import orbax.checkpoint as ocp
+
+        target = jax.tree.map(np.asarray, template)
+        with ocp.StandardCheckpointer() as ckpt:
+            state = ckpt.restore(path.absolute() / "state", target)
+        state = TrainState(*state) if not isinstance(state, TrainState) else state
+        with np.load(path / "env.npz") as f:
+            arrays = dict(f)
+        return state, HeistState.from_arrays(arrays), arrays["obs"]
+
+
+def train(config: PPOConfig, run_dir: str | Path, *, frames: int, seed: int = 0,
+          checkpoint_every_s: float = 300.0, progress: bool = True) -> TrainState:
+    """Train until ``frames`` environment frames in total, resuming from ``run_dir`` if it holds a run."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.json"
+    run_meta = {"ppo": config.to_dict(), "seed": seed}
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old != run_meta:
+            raise JaxinterpError(
+                f"{run_dir} holds a run with another config or seed ({old}); use a new --out directory "
+                "or the same settings to resume it"
+            )
+    else:
+        saved.write_text(json.dumps(run_meta, indent=2))
+
+    trainer = make_train(config)
+    env = HeistEnv(heist_config(config, seed))
+    state = trainer.init(jax.random.key(seed))
+    obs = env.observe()
+    ckpts = _Checkpoints(run_dir)
+    if (latest := ckpts.latest()) is not None:
+        state, env_state, obs = ckpts.load(latest, state)
+        env.set_state(env_state)
+    log_path = run_dir / "metrics.jsonl"
+    history = _read_log(log_path, upto=int(state.iteration))
+    recent = collections.deque(maxlen=EPISODE_WINDOW)
+    for row in history[-EPISODE_WINDOW:]:
+        recent.extend(zip(row.get("_returns", []), row.get("_successes", [])))
+
+    consistent = (state, env.get_state(), obs)  # the last point a checkpoint may be taken from
+    last_save = time.monotonic()
+    bar = tqdm(total=frames, initial=min(int(state.frames), frames), unit="frame", disable=not progress,
+               desc=f"PPO {config.arch}", smoothing=0.05)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while int(state.frames) < frames:
+            t0 = time.monotonic()
+            state, traj, last_value, obs = rollout(trainer, state, env, obs)
+            t_roll = time.monotonic()
+            state, metrics = trainer.update(state, traj, last_value)
+            metrics = {k: float(v) for k, v in metrics.items()}
+            state = state._replace(iteration=state.iteration + 1, frames=state.frames + config.frames_per_iteration)
+            episodes = env.pop_episodes()
+            recent.extend(zip(episodes.episode_return.tolist(), episodes.success.tolist()))
+            t1 = time.monotonic()
+            row = {
+                "iteration": int(state.iteration),
+                "frames": int(state.frames),
+                "fps": config.frames_per_iteration / (t1 - t0),
+                "rollout_s": t_roll - t0,
+                "update_s": t1 - t_roll,
+                "episodes": len(episodes.episode_return),
+                "episode_return": _mean([r for r, _ in recent]),
+                "success_rate": _mean([s for _, s in recent]),
+                "episode_length": _mean(episodes.length.tolist()),
+                **metrics,
+                "_returns": episodes.episode_return.tolist(),
+                "_successes": episodes.success.tolist(),
+            }
+            history.append(row)
+            with log_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            consistent = (state, env.get_state(), obs)
+            bar.update(config.frames_per_iteration)
+            bar.set_postfix(ret=f"{row['episode_return']:.2f}", succ=f"{row['success_rate']:.0%}",
+                            fps=f"{row['fps']:.0f}")
+            if time.monotonic() - last_save > checkpoint_every_s:
+                ckpts.save(*consistent)
+                plot_learning_curve(history, run_dir / "learning_curve.png")
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        bar.close()
+        ckpts.save(*consistent)
+        plot_learning_curve(history, run_dir / "learning_curve.png")
+        env.close()
+    return consistent[0]
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _mean(xs) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    """Rows logged up to the checkpointed iteration; later rows (from after the last checkpoint) are dropped."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["iteration"] <= upto]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def plot_learning_curve(history: list[dict], path: Path) -> None:
+    """Episode return and success rate (running mean over the last episodes) against frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    frames = [r["frames"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for ax, key, label in zip(axes, ("episode_return", "success_rate", "entropy"),
+                              ("episode return", "success rate", "policy entropy")):
+        ax.plot(frames, [r[key] for r in history])
+        ax.set_xlabel("frames")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def load_run_agent(run_dir: str | Path) -> tuple[Agent, dict]:
+    """The latest checkpointed policy of a training run, and the run's metadata (config, seed, frames)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise JaxinterpError(f"{run_dir} is not a training run (no config.json); train one with `jaxinterp train-agent`")
+    meta = json.loads((run_dir / "config.json").read_text())
+    config = PPOConfig.from_dict(meta["ppo"])
+    latest = _Checkpoints(run_dir).latest()
+    if latest is None:
+        raise JaxinterpError(f"{run_dir} has no checkpoint yet; let `jaxinterp train-agent` run longer")
+    trainer = make_train(config)
+    state, _, _ = _Checkpoints.load(latest, trainer.init(jax.random.key(0)))
+    agent = Agent(trainer.agent.arch, state.params, num_actions=trainer.agent.num_actions)
+    return agent, meta | {"frames": int(state.frames), "iteration": int(state.iteration)}

@@ -1,0 +1,55 @@
+"""Dataset examples: what a feature responds to in real play (top-k frames, receptive-field patches kept diverse,
+heatmaps, attributions), streamed over datasets of any size. Everything works on a ``Feature``: channels of a
+layer, a direction in channel space, or any ``acts -> (N, H, W, F)`` function (an SAE latent).
+"""
+
+from jaxinterp.examples.attribution import (
+    INPUT,
+    Attribution,
+    forward_with_delta,
+    gradient_x_activation,
+    integrated_gradients,
+    saliency,
+    write_saliency,
+)
+from jaxinterp.examples.features import Feature, channels, compute_feature_maps, direction, feature_maps
+from jaxinterp.examples.find import ExamplesResult, find_examples, load_npz, save_npz
+from jaxinterp.examples.heatmap import colorize, overlay, upsample, write_feature_heatmaps, write_overlays
+from jaxinterp.examples.patches import crop_positions, select_diverse, similarity
+from jaxinterp.examples.receptive import ReceptiveField, receptive_field, receptive_fields
+from jaxinterp.examples.sheets import contact_sheet, write_sheets
+from jaxinterp.examples.topk import Ranked, scan
+
+__all__ = [
+    "INPUT",
+    "Attribution",
+    "ExamplesResult",
+    "Feature",
+    "Ranked",
+    "ReceptiveField",
+    "channels",
+    "colorize",
+    "compute_feature_maps",
+    "contact_sheet",
+    "crop_positions",
+    "direction",
+    "feature_maps",
+    "find_examples",
+    "forward_with_delta",
+    "gradient_x_activation",
+    "integrated_gradients",
+    "load_npz",
+    "overlay",
+    "receptive_field",
+    "receptive_fields",
+    "saliency",
+    "save_npz",
+    "scan",
+    "select_diverse",
+    "similarity",
+    "upsample",
+    "write_feature_heatmaps",
+    "write_overlays",
+    "write_saliency",
+    "write_sheets",
+]

@@ -1,0 +1,114 @@
+"""``Agent``: an architecture plus its params, with the pure functions underneath for jit/vmap/grad by users."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture
+
+OBS_SHAPE = (64, 64, 3)
+
+
+class Agent:
+    """A Procgen agent network: ``logits, value = agent(obs)`` on uint8 frames (N, 64, 64, 3).
+
+    ``agent.forward(params, images)`` is the pure function underneath: images in [0, 1] (the agent's own input
+    scaling is ``obs / 255``) to ``{layer name: NHWC activation}``; ``agent.apply(params, obs)`` gives
+    ``(logits, value)``. Both are safe to ``jit``, ``vmap`` and ``grad``.
+    """
+
+    def __init__(self, arch: Architecture | str, params: dict, *, num_actions: int, channels=None):
+        self.arch = get_architecture(arch) if isinstance(arch, str) else arch
+        self.params = params
+        self.num_actions = num_actions
+        self.build_kwargs = {"num_actions": num_actions} | ({"channels": tuple(channels)} if channels else {})
+        self.module = self.arch.build(**self.build_kwargs)
+
+    def __repr__(self) -> str:
+        return f"Agent({self.arch.name!r}, num_actions={self.num_actions}, params={self.num_params:,})"
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
+
+    def forward(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
+        """Every named activation for images in [0, 1], shape (N, 64, 64, 3)."""
+        return self.module.apply({"params": params}, images)
+
+    def apply(self, params: dict, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(logits (N, A), value (N,)) for uint8 frames (N, 64, 64, 3)."""
+        acts = self.forward(params, preprocess(obs))
+        return acts[self.arch.logits], acts[self.arch.value][:, 0]
+
+    @functools.cached_property
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each layer's activation shape for one frame (without the batch axis), in forward order."""
+        return activation_shapes(self.module, self.params)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layer_shapes)
+
+    @property
+    def conv_layer_names(self) -> list[str]:
+        """Layers with a spatial (H, W, C) activation."""
+        return [k for k, s in self.layer_shapes.items() if len(s) == 3]
+
+    def check_layers(self, names: Iterable[str]) -> tuple[str, ...]:
+        """``names`` as a tuple, or a one-line error listing the valid layer names."""
+        names = tuple(names)
+        unknown = [n for n in names if n not in self.layer_shapes]
+        if unknown:
+            raise JaxinterpError(
+                f"unknown layer {', '.join(map(repr, unknown))} for {self.arch.name}; "
+                f"valid layers: {', '.join(self.layer_names)}"
+            )
+        return names
+
+    def check_channel(self, layer: str, channel: int) -> int:
+        n = self.layer_shapes[self.check_layers([layer])[0]][-1]
+        if not 0 <= channel < n:
+            raise JaxinterpError(f"channel {channel} is out of range for layer {layer!r}: it has channels 0-{n - 1}")
+        return channel
+
+    def __call__(self, obs) -> tuple[jax.Array, jax.Array]:
+        return _jit_apply(self)(self.params, check_obs(obs))
+
+    def activations(self, obs, names: Sequence[str]) -> dict[str, jax.Array]:
+        """``{name: activation}`` for uint8 frames, exactly what a torch forward hook returns (as NHWC)."""
+        return _jit_activations(self, self.check_layers(names))(self.params, check_obs(obs))
+
+
+def preprocess(obs: jax.Array) -> jax.Array:
+    """The agents' input scaling: uint8 frames to float32 in [0, 1]."""
+    return obs.astype(jnp.float32) / 255.0
+
+
+def check_obs(obs) -> jax.Array:
+    """uint8 frames (N, 64, 64, 3), or a clear error saying what was wrong."""
+    shape, dtype = np.shape(obs), getattr(obs, "dtype", None)
+    if dtype != np.uint8:
+        raise JaxinterpError(
+            f"frames must be uint8 (N, 64, 64, 3) as procgen returns them, got dtype {dtype}; "
+            "for float images in [0, 1] call agent.forward(agent.params, images)"
+        )
+    if len(shape) != 4 or tuple(shape[1:]) != OBS_SHAPE:
+        raise JaxinterpError(f"frames must have shape (N, 64, 64, 3), got {tuple(shape)}")
+    return jnp.asarray(obs)
+
+
+@functools.lru_cache(maxsize=32)
+def _jit_apply(agent: Agent):
+    return jax.jit(agent.apply)
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_activations(agent: Agent, names: tuple[str, ...]):
+    return jax.jit(lambda params, obs: {n: a for n, a in agent.forward(params, preprocess(obs)).items()
+                                        if n in names})

@@ -1,0 +1,129 @@
+"""Models: torch parity for every architecture and named activation, building blocks' gradients, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import needs_torch
+
+import jaxinterp
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.impala import ARCHITECTURES
+from jaxinterp.models.layers import _conv, conv2d, lp_pool, max_pool
+from jaxinterp.weights.convert import detect, flax_to_torch, init_params, torch_to_flax
+
+ARCHS = list(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("padding,ksize", [(1, 3), (2, 5), (3, 7), (0, 3)])
+def test_custom_vjp_conv_gradients_equal_plain_conv(padding, ksize):
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 9, 9, 3))
+    w = jax.random.normal(kw, (ksize, ksize, 3, 4))
+    g = jax.random.normal(kg, _conv(x, w, padding).shape)
+    np.testing.assert_allclose(conv2d(x, w, padding), _conv(x, w, padding))
+    ours = jax.vjp(lambda x, w: conv2d(x, w, padding), x, w)[1](g)
+    ref = jax.vjp(lambda x, w: _conv(x, w, padding), x, w)[1](g)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_custom_vjp_conv_inside_scan_matches_loop():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    w0 = jax.random.normal(jax.random.key(2), (3, 3, 3, 3)) * 0.1
+
+    def step(w, _):
+        return w - 0.1 * jax.grad(lambda w: jnp.sum(conv2d(x, w, 1) ** 2))(w), None
+
+    scanned = jax.lax.scan(step, w0, None, length=3)[0]
+    looped = w0
+    for _ in range(3):
+        looped = jax.jit(step)(looped, None)[0]
+    np.testing.assert_allclose(scanned, looped, rtol=1e-5, atol=1e-6)
+
+
+def _reduce_window_max_pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+@pytest.mark.parametrize("size", [8, 9, 64])
+def test_slice_max_pool_equals_reduce_window(size):
+    x = jax.random.normal(jax.random.key(3), (2, size, size, 4))
+    np.testing.assert_array_equal(max_pool(x), _reduce_window_max_pool(x))
+    g = jax.random.normal(jax.random.key(4), max_pool(x).shape)
+    ours = jax.vjp(max_pool, x)[1](g)[0]
+    ref = jax.vjp(_reduce_window_max_pool, x)[1](g)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)  # random floats: no ties, so one argmax per window
+
+
+def test_lp_pool_gradient_is_finite_at_zero():
+    x = jnp.zeros((1, 4, 4, 2)).at[0, 0, 0, 0].set(3.0).at[0, 0, 1, 0].set(4.0)
+    np.testing.assert_allclose(lp_pool(x)[0, 0, 0, 0], 5.0)
+    g = jax.grad(lambda x: lp_pool(x).sum())(x)
+    assert np.isfinite(g).all() and g[0, 0, 0, 0] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conversion_round_trips_exactly(arch):
+    a = ARCHITECTURES[arch]
+    params = init_params(a, jax.random.key(5), num_actions=9)
+    sd = flax_to_torch(params, a, num_actions=9)
+    detected, kwargs = detect(sd)
+    assert detected is a and kwargs["num_actions"] == 9
+    back = torch_to_flax(sd, a, **kwargs)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+@needs_torch
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parity_with_torch_on_heist_frames(arch, heist_frames):
+    from torch_models import hooked_activations, random_model
+
+    model = random_model(arch, seed=1, num_actions=15)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    agent = jaxinterp.agent_from_state_dict(sd)
+    hooks, (logits_t, value_t) = hooked_activations(model, heist_frames)
+    logits, value = agent(heist_frames)
+    np.testing.assert_allclose(logits, logits_t, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(value, value_t, atol=1e-5, rtol=0)
+    hooked = [n for n in hooks if n in agent.layer_shapes]
+    # every torch submodule with an output is a jaxinterp layer (dropout is the identity at inference)
+    assert set(hooks) - set(hooked) <= {"dropout"}, set(hooks) - set(hooked)
+    acts = agent.activations(heist_frames, hooked)
+    for name in hooked:
+        np.testing.assert_allclose(acts[name], hooks[name], atol=1e-5, rtol=0, err_msg=name)
+    for name in agent.layer_names:
+        if name.endswith(".relu") and name[: -len(".relu")] in hooks:
+            relu = agent.activations(heist_frames, [name])[name]
+            np.testing.assert_allclose(relu, np.maximum(hooks[name[: -len(".relu")]], 0), atol=1e-5, rtol=0)
+
+
+def test_agent_api_and_errors(heist_frames):
+    a = ARCHITECTURES["impala"]
+    agent = jaxinterp.Agent(a, init_params(a, num_actions=15), num_actions=15)
+    logits, value = agent(heist_frames)
+    assert logits.shape == (16, 15) and value.shape == (16,)
+    assert agent.layer_shapes["conv_seqs.2.res_block1"] == (8, 8, 32)
+    ref_logits, _ = jax.jit(agent.apply)(agent.params, heist_frames)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-6)
+    with pytest.raises(JaxinterpError, match="valid layers: conv_seqs.0.conv"):
+        agent.activations(heist_frames, ["conv_seqs.9"])
+    with pytest.raises(JaxinterpError, match="must be uint8"):
+        agent(heist_frames.astype(np.float32))
+    with pytest.raises(JaxinterpError, match=r"shape \(N, 64, 64, 3\)"):
+        agent(heist_frames[:, :32])
+    with pytest.raises(JaxinterpError, match="out of range"):
+        agent.check_channel("conv_seqs.0.conv", 16)
+
+
+def test_unknown_layouts_are_refused():
+    with pytest.raises(JaxinterpError, match="known layouts: impala"):
+        detect({"encoder.weight": np.zeros((2, 2))})
+    sd = flax_to_torch(init_params(ARCHITECTURES["impala"]), ARCHITECTURES["impala"])
+    sd["hidden_fc.weight"] = sd["hidden_fc.weight"][:, :100]
+    with pytest.raises(JaxinterpError, match="hidden_fc.weight"):
+        detect(sd)
+    del sd["value_fc.bias"]
+    with pytest.raises(JaxinterpError, match="missing value_fc.bias"):
+        detect(sd)
