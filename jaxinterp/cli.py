@@ -39,6 +39,67 @@ def cmd_train_agent(args) -> None:
     print(f"{int(state.frames):,} frames trained; checkpoints in {Path(args.out) / 'checkpoints'}")
 
 
+def _agent(args):
+    from jaxinterp.weights.store import default_checkpoint, load_agent
+
+    return load_agent(args.checkpoint or default_checkpoint())
+
+
+def cmd_info(args) -> None:
+    from jaxinterp.weights.store import default_checkpoint, load_agent
+
+    path = args.file or default_checkpoint()
+    agent = load_agent(path)
+    print(f"{path}\narchitecture: {agent.arch.name} ({agent.arch.description})")
+    print(f"actions: {agent.num_actions}\nparameters: {agent.num_params:,}\nlayers ({len(agent.layer_shapes)}):")
+    width = max(map(len, agent.layer_shapes))
+    for name, shape in agent.layer_shapes.items():
+        print(f"  {name:<{width}}  {' x '.join(map(str, shape))}")
+
+
+def cmd_convert(args) -> None:
+    from jaxinterp.weights.store import load_agent, save_agent
+
+    agent = load_agent(args.input)
+    out = save_agent(agent, args.output)
+    print(f"wrote {out} ({agent.arch.name}, {agent.num_params:,} parameters)")
+
+
+def cmd_rollout(args) -> None:
+    from jaxinterp.envs.heist import HeistConfig
+    from jaxinterp.envs.rollout import agent_policy, collect, random_policy
+
+    layers = [x for x in (args.layers or "").split(",") if x]
+    if args.random:
+        if layers:
+            raise JaxinterpError("--layers needs an agent; drop --random or --layers")
+        policy = random_policy()
+    else:
+        policy = agent_policy(_agent(args), greedy=args.greedy, layers=layers)
+    config = HeistConfig(args.num_envs, args.distribution_mode, args.num_levels, args.start_level, args.seed)
+    collect(args.out, frames=args.frames, policy=policy, env_config=config, seed=args.seed, layers=layers)
+
+
+def cmd_evaluate(args) -> None:
+    from jaxinterp.agent.evaluate import evaluate
+
+    agent = _agent(args)
+    results = evaluate(agent, episodes=args.episodes, levels=args.levels, seed=args.seed, greedy=args.greedy)
+    for name, ev in results.items():
+        print(f"{name:>6}: {ev}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2))
+
+
+def cmd_export_agent(args) -> None:
+    from jaxinterp.agent.export import export_agent
+
+    card = export_agent(args.run_dir, args.out, episodes=args.episodes, seed=args.seed)
+    e = card["evaluation"]
+    print(f"exported {card['frames_trained']:,}-frame agent to {args.out}.*: success {e['agent']['success_rate']:.1%}"
+          f" (random {e['random']['success_rate']:.1%}) on {e['episodes']} unseen episodes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxinterp", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -51,7 +112,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     t.set_defaults(func=cmd_train_agent)
+
+    i = sub.add_parser("info", help="architecture, actions, parameters and every layer's shape of a checkpoint")
+    i.add_argument("file", nargs="?", help="checkpoint (default: the shipped agent)")
+    i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("convert", help="convert weights: the format follows OUT's suffix (.pt, .safetensors) "
+                       "or a directory for orbax")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.set_defaults(func=cmd_convert)
+
+    r = sub.add_parser("rollout", help="record Heist play (frames, actions, rewards, activations) to a dataset")
+    _checkpoint_arg(r)
+    r.add_argument("--random", action="store_true", help="random actions instead of an agent")
+    r.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    r.add_argument("--frames", type=int, required=True)
+    r.add_argument("--out", required=True, help="dataset directory (rerun to resume or extend)")
+    r.add_argument("--layers", help="comma-separated layer names whose activations to store")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--num-envs", type=int, default=64)
+    r.add_argument("--distribution-mode", default="easy", choices=["easy", "hard"])
+    r.add_argument("--num-levels", type=int, default=0, help="0: unbounded")
+    r.add_argument("--start-level", type=int, default=0)
+    r.set_defaults(func=cmd_rollout)
+
+    e = sub.add_parser("evaluate", help="mean return (95%% interval) and success rate, beside the random policy")
+    e.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped agent)")
+    e.add_argument("--episodes", type=int, default=1000)
+    e.add_argument("--levels", default="unseen", choices=["unseen", "train"])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--greedy", action="store_true")
+    e.add_argument("--json", help="also write the results to this JSON file")
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export-agent", help="export a training run: .pt, .safetensors, colour stats, model card")
+    x.add_argument("run_dir")
+    x.add_argument("out", help="output stem, e.g. weights/heist-impala")
+    x.add_argument("--episodes", type=int, default=1000)
+    x.add_argument("--seed", type=int, default=0)
+    x.set_defaults(func=cmd_export_agent)
     return p
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="agent weights (default: the shipped agent in weights/)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     except JaxinterpError as e:
         print(f"jaxinterp: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and friends
+        sys.stderr.close()
     return 0
 
 

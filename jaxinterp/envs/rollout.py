@@ -214,3 +214,23 @@ def _run(
     finally:
         bar.close()
         env.close()
+
+
+def agent_policy(agent, *, greedy: bool = False, layers: Sequence[str] = ()) -> Policy:
+    """An agent's policy: actions sampled from its logits (or the argmax), plus the named activations."""
+    from jaxinterp.models.agent import preprocess
+
+    layers = agent.check_layers(layers)
+
+    @jax.jit
+    def act(params, key, obs):
+        acts = agent.forward(params, preprocess(obs))
+        logits = acts[agent.arch.logits]
+        action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(key, logits)
+        return action.astype(jnp.int32), {n: acts[n] for n in layers}
+
+    def policy(key: jax.Array, obs: np.ndarray) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return act(agent.params, key, obs)
+
+    policy.description = f"{agent.arch.name} agent ({'greedy' if greedy else 'sampled'})"
+    return policy

@@ -57,7 +57,7 @@ def agent_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Agent:
 
 
 def save_agent(agent: Agent, path: str | Path) -> Path:
-    """Write ``agent`` as ``.pt`` (torch layout), ``.safetensors``, or (any other path) an orbax directory."""
+    """Write ``agent`` as ``.pt`` (torch layout), ``.safetensors``, or an orbax directory (a path without suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix in TORCH_SUFFIXES + (".safetensors",):
@@ -69,6 +69,9 @@ def save_agent(agent: Agent, path: str | Path) -> Path:
         else:
             write_torch_file(path, state_dict)
         return path
+    if path.suffix and not path.is_dir():
+        raise JaxinterpError(f"unsupported output {path}: use a .pt, .pth or .safetensors file, or a directory "
+                             "without a suffix for orbax")
     if path.exists() and any(path.iterdir()) and not (path / ORBAX_META).exists():
         raise JaxinterpError(f"{path} exists and is not a jaxinterp orbax checkpoint; choose a new directory")
     import orbax.checkpoint as ocp
@@ -92,3 +95,25 @@ def _load_orbax(path: Path) -> Agent:
     with ocp.StandardCheckpointer() as ckpt:
         params = ckpt.restore(path.absolute() / "params")
     return Agent(arch, params, **meta)
+
+
+DEFAULT_AGENT_NAME = "heist-impala"
+
+
+def weights_dir() -> Path:
+    """The shipped ``weights/`` folder (the repository's, beside the package); ``JAXINTERP_WEIGHTS`` overrides it."""
+    import os
+
+    return Path(os.environ.get("JAXINTERP_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
+
+
+def default_checkpoint() -> Path:
+    """The shipped default agent, or a one-line error saying how to get one."""
+    path = weights_dir() / f"{DEFAULT_AGENT_NAME}.pt"
+    if not path.exists():
+        raise JaxinterpError(
+            f"no default agent at {path}: pass --checkpoint FILE (torch .pt/.pth, .safetensors or an orbax dir), "
+            "or train one with `jaxinterp train-agent --frames N --out DIR` and `jaxinterp export-agent DIR "
+            f"weights/{DEFAULT_AGENT_NAME}`"
+        )
+    return path

@@ -1,0 +1,90 @@
+"""Export a training run's policy as a shippable agent: torch-layout ``.pt``, ``.safetensors``, colour statistics
+of its frames, and a model card (JSON and Markdown) with its evaluation beside the random policy's.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxinterp.agent.evaluate import evaluate, level_config
+from jaxinterp.agent.train import load_run_agent
+from jaxinterp.envs.heist import HeistEnv
+from jaxinterp.envs.rollout import agent_policy
+from jaxinterp.featviz.param import fit_color_stats, save_color_stats
+from jaxinterp.weights.store import save_agent
+
+COLOR_FRAMES = 4096  # frames of the agent's own play used to fit the colour decorrelation
+
+
+def agent_frames(agent, frames: int, *, seed: int = 0, num_envs: int = 64) -> np.ndarray:
+    """uint8 frames of ``agent`` playing unseen Heist levels (sampled actions)."""
+    env = HeistEnv(level_config("unseen", num_envs=num_envs, seed=seed))
+    policy, key, obs, out = agent_policy(agent), jax.random.key(seed), env.observe(), []
+    for t in range(-(-frames // num_envs)):
+        out.append(obs)
+        obs = env.step(np.asarray(policy(jax.random.fold_in(key, t), obs)[0]))[0]
+    env.close()
+    return np.concatenate(out)[:frames]
+
+
+def export_agent(run_dir: str | Path, out: str | Path, *, episodes: int = 1000, seed: int = 0,
+                 progress: bool = True) -> dict:
+    """Write ``out``.pt/.safetensors/.color.json/.card.json/.md from the run's latest checkpoint; returns the card."""
+    agent, meta = load_run_agent(run_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("") if out.suffix in (".pt", ".safetensors") else out
+    save_agent(agent, stem.with_suffix(".pt"))
+    save_agent(agent, stem.with_suffix(".safetensors"))
+    stats = fit_color_stats(agent_frames(agent, COLOR_FRAMES, seed=seed))
+    save_color_stats(stem.with_suffix(".color.json"), stats.matrix, stats.mean)
+    results = evaluate(agent, episodes=episodes, levels="unseen", seed=seed, progress=progress)
+    card = {
+        "name": stem.name,
+        "architecture": agent.arch.name,
+        "num_actions": agent.num_actions,
+        "parameters": agent.num_params,
+        "frames_trained": meta["frames"],
+        "ppo_config": meta["ppo"],
+        "train_seed": meta["seed"],
+        "train_command": (f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).name} "
+                          f"--config {','.join(f'{k}={v}' for k, v in meta['ppo'].items())} --seed {meta['seed']}"),
+        "export_command": "uv run jaxinterp " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None,
+        "evaluation": {
+            "levels": "unseen",
+            "episodes": episodes,
+            "seed": seed,
+            "policy": "sampled from the logits",
+            "agent": results["agent"].to_dict(),
+            "random": results["random"].to_dict(),
+        },
+        "color_stats": {"matrix": stats.matrix.tolist(), "mean": stats.mean.tolist(), "frames": COLOR_FRAMES},
+    }
+    stem.with_suffix(".card.json").write_text(json.dumps(card, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(model_card_markdown(card, results))
+    return card
+
+
+def model_card_markdown(card: dict, results: dict) -> str:
+    e = card["evaluation"]
+    return f"""# {card['name']}: a PPO agent for Procgen Heist
+
+- architecture: `{card['architecture']}` ({card['parameters']:,} parameters, {card['num_actions']} actions)
+- trained for {card['frames_trained']:,} frames with jaxinterp's PPO (easy mode, unbounded levels, seed {card['train_seed']})
+- train command: `{card['train_command']}`
+
+## Evaluation ({e['episodes']} episodes on unseen levels, seed {e['seed']}, {e['policy']})
+
+| policy | mean return (95% interval) | success rate |
+|---|---|---|
+| this agent | {results['agent'].mean_return:.2f} ± {results['agent'].return_ci95:.2f} | {results['agent'].success_rate:.1%} ± {results['agent'].success_ci95:.1%} |
+| random | {results['random'].mean_return:.2f} ± {results['random'].return_ci95:.2f} | {results['random'].success_rate:.1%} ± {results['random'].success_ci95:.1%} |
+
+Colour decorrelation (fitted on {card['color_stats']['frames']} frames of its play): see `{card['name']}.color.json`.
+"""

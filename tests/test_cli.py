@@ -1,0 +1,89 @@
+"""The command line: info, convert round trips, rollout, evaluate, export, and one-line errors."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxinterp
+import jaxinterp.agent.train
+import jaxinterp.envs.dataset
+from jaxinterp.cli import main
+from jaxinterp.models.impala import ARCHITECTURES
+from jaxinterp.weights.convert import init_params
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    a = ARCHITECTURES["impala"]
+    agent = jaxinterp.Agent(a, init_params(a, jax.random.key(7), num_actions=15), num_actions=15)
+    return jaxinterp.save_agent(agent, tmp_path_factory.mktemp("ckpt") / "agent.pt")
+
+
+def test_info_lists_layers(checkpoint, capsys):
+    assert main(["info", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "architecture: impala" in out and "actions: 15" in out and "626,256" in out
+    assert any(line.split() == ["conv_seqs.2.res_block1", "8", "x", "8", "x", "32"] for line in out.splitlines())
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ""])
+def test_convert_round_trips(checkpoint, tmp_path, suffix, capsys):
+    out = tmp_path / f"converted{suffix}"
+    assert main(["convert", str(checkpoint), str(out)]) == 0
+    a, b = jaxinterp.load_agent(checkpoint), jaxinterp.load_agent(out)
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
+def test_errors_are_one_line(tmp_path, capsys, checkpoint, monkeypatch):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxinterp: error:") and "\n" not in err and "bad.pt" in err
+    monkeypatch.setenv("JAXINTERP_WEIGHTS", str(tmp_path / "nowhere"))
+    assert main(["info"]) == 2
+    assert "train-agent" in capsys.readouterr().err
+    assert main(["rollout", "--checkpoint", str(checkpoint), "--frames", "8", "--out", str(tmp_path / "d"),
+                 "--layers", "nope"]) == 2
+    assert "valid layers" in capsys.readouterr().err
+    assert main(["convert", str(checkpoint), str(tmp_path / "x.onnx")]) == 2
+    assert "unsupported output" in capsys.readouterr().err
+
+
+def test_rollout_with_agent_activations(checkpoint, tmp_path):
+    out = tmp_path / "data"
+    args = ["rollout", "--checkpoint", str(checkpoint), "--frames", "32", "--num-envs", "4", "--out", str(out),
+            "--layers", "conv_seqs.0.conv"]
+    assert main(args) == 0
+    ds = jaxinterp.envs.dataset.Dataset(out)
+    assert len(ds) == 32
+    batch = ds[np.arange(4)]
+    acts = jaxinterp.load_agent(checkpoint).activations(batch["frames"], ["conv_seqs.0.conv"])
+    np.testing.assert_allclose(batch["conv_seqs.0.conv"], acts["conv_seqs.0.conv"], atol=1e-5)
+
+
+def test_evaluate_reports_agent_and_random(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(checkpoint), "--episodes", "4", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"agent", "random"}
+    for r in results.values():
+        assert r["episodes"] == 4 and 0 <= r["success_rate"] <= 1
+        assert r["mean_return"] == pytest.approx(10 * r["success_rate"])
+
+
+@pytest.mark.slow
+def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
+    run = tmp_path / "run"
+    config = "num_envs=2,num_steps=8,num_minibatches=2,update_epochs=1"
+    assert main(["train-agent", "--frames", "16", "--out", str(run), "--config", config]) == 0
+    assert main(["export-agent", str(run), str(tmp_path / "w" / "tiny"), "--episodes", "2"]) == 0
+    card = json.loads((tmp_path / "w" / "tiny.card.json").read_text())
+    assert card["frames_trained"] == 16 and card["architecture"] == "impala"
+    assert set(card["evaluation"]) >= {"agent", "random"} and len(card["color_stats"]["matrix"]) == 3
+    trained, _ = jaxinterp.agent.train.load_run_agent(run)
+    for suffix in (".pt", ".safetensors"):
+        exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
+        np.testing.assert_allclose(exported(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
