@@ -18,9 +18,10 @@ from jaxinterp.examples.heatmap import colorize, overlay, upsample, write_featur
 from jaxinterp.examples.patches import crop_positions, select_diverse, similarity
 from jaxinterp.examples.receptive import ReceptiveField, receptive_field, receptive_fields
 from jaxinterp.examples.sheets import contact_sheet, write_sheets
-from jaxinterp.examples.topk import Ranked, scan
+from jaxinterp.examples.topk import EMPTY, Ranked, scan
 
 __all__ = [
+    "EMPTY",
     "INPUT",
     "Attribution",
     "ExamplesResult",

@@ -1,0 +1,183 @@
+"""Spatial heatmaps over frames: feature maps upsampled to 64×64 (aligned on receptive-field centres), coloured
+with a matplotlib colormap and blended over the frame, written as PNG with Pillow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.examples.features import Feature, as_feature, compute_feature_maps, feature_ids
+from jaxinterp.examples.receptive import FRAME_SIZE, ReceptiveField, receptive_field
+from jaxinterp.models.agent import Agent
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_CMAP",
+    "DEFAULT_SCALE",
+    "DIVERGING_CMAP",
+    "colorize",
+    "file_stem",
+    "interpolation_matrix",
+    "overlay",
+    "overlay_grid",
+    "upsample",
+    "write_feature_heatmaps",
+    "write_overlays",
+]
+
+Method = Literal["nearest", "bilinear"]
+
+DEFAULT_CMAP = "inferno"
+"""Perceptually uniform and dark at zero, so inactive regions leave the frame readable."""
+
+DIVERGING_CMAP = "RdBu_r"
+"""For signed maps (attributions, pre-relu layers): white at zero, red positive, blue negative."""
+
+DEFAULT_ALPHA = 0.6
+"""Heat opacity over the frame: enough to read the map, little enough to see the objects under it."""
+
+DEFAULT_SCALE = 4
+"""PNGs are upscaled (nearest) this much: a 64×64 frame is too small to inspect."""
+
+
+def interpolation_matrix(n: int, rf: ReceptiveField, size: int = FRAME_SIZE, method: Method = "bilinear"):
+    """(size, n) weights taking n positions to ``size`` pixels, position i placed at its field's centre.
+
+    Pixel p (spanning [p, p + 1)) reads position ``u = (p + 0.5 - centre(0)) / jump``, clamped at the borders.
+    """
+    u = (np.arange(size) + 0.5 - rf.center(0)) / rf.jump
+    u = np.clip(u, 0, n - 1)
+    w = np.zeros((size, n), np.float32)
+    rows = np.arange(size)
+    if method == "nearest":
+        w[rows, np.floor(u + 0.5).astype(int).clip(0, n - 1)] = 1
+    elif method == "bilinear":
+        lo = np.floor(u).astype(int).clip(0, n - 1)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = (u - lo).astype(np.float32)
+        np.add.at(w, (rows, lo), 1 - frac)
+        np.add.at(w, (rows, hi), frac)
+    else:
+        raise JaxinterpError(f"upsampling method must be 'nearest' or 'bilinear', got {method!r}")
+    return w
+
+
+def upsample(
+    maps, rf: ReceptiveField | None = None, *, size: int = FRAME_SIZE, method: Method = "bilinear"
+) -> np.ndarray:
+    """Maps (N, H, W) or (N, H, W, F) to (N, size, size[, F]); with ``rf``, each position sits on its field's centre.
+
+    Without ``rf`` the map is stretched over the frame like an image resize (cell centres evenly spaced).
+    """
+    maps = np.asarray(maps, np.float32)
+    squeeze = maps.ndim == 3
+    maps = maps[..., None] if squeeze else maps
+    if maps.ndim != 4 or maps.shape[1] != maps.shape[2]:
+        raise JaxinterpError(f"maps must be (N, H, W) or (N, H, W, F) with H == W, got {maps.shape}")
+    h = maps.shape[1]
+    if rf is None:
+        jump = size / h
+        rf = ReceptiveField(jump=jump, start=0, size=jump)
+    w = interpolation_matrix(h, rf, size, method)
+    out = np.einsum("ph,nhwf,qw->npqf", w, maps, w)
+    return out[..., 0] if squeeze else out
+
+
+def _range(heat: np.ndarray, vmin, vmax, symmetric: bool) -> tuple[float, float]:
+    """Colour range: given bounds win; else [min(0, lowest), highest], or ±max|heat| when symmetric."""
+    finite = heat[np.isfinite(heat)]
+    if not finite.size:
+        finite = np.zeros(1, np.float32)
+    if symmetric:
+        m = float(np.abs(finite).max())
+        return (-m if vmin is None else vmin), (m if vmax is None else vmax)
+    lo = min(0.0, float(finite.min())) if vmin is None else vmin
+    hi = float(finite.max()) if vmax is None else vmax
+    return lo, hi
+
+
+def colorize(heat, *, cmap: str = DEFAULT_CMAP, vmin=None, vmax=None, symmetric: bool = False) -> np.ndarray:
+    """uint8 RGB (..., 3) of ``heat`` (...) through ``cmap``; the range is shared by all maps given (comparable)."""
+    import matplotlib  # deferred: importing matplotlib costs about a second
+
+    heat = np.asarray(heat, np.float32)
+    lo, hi = _range(heat, vmin, vmax, symmetric)
+    t = np.clip((heat - lo) / max(hi - lo, 1e-12), 0, 1)
+    lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return lut[np.nan_to_num(t * 255).round().astype(np.int64)]
+
+
+def overlay(frames, heat, *, alpha: float = DEFAULT_ALPHA, **colorize_kwargs) -> np.ndarray:
+    """uint8 frames (N, 64, 64, 3) with ``heat`` (N, 64, 64) blended over them."""
+    frames = np.asarray(frames)
+    heat = np.asarray(heat)
+    if heat.shape != frames.shape[:-1]:
+        raise JaxinterpError(
+            f"heat {heat.shape} must match the frames' pixels {frames.shape[:-1]}; upsample it"
+        )
+    colors = colorize(heat, **colorize_kwargs).astype(np.float32)
+    return ((1 - alpha) * frames.astype(np.float32) + alpha * colors).round().astype(np.uint8)
+
+
+def overlay_grid(frames, heat, *, scale: int = DEFAULT_SCALE, **overlay_kwargs) -> np.ndarray:
+    """One image: the frames in a row, their overlays in the row below, upscaled by ``scale`` (nearest)."""
+    frames = np.asarray(frames)
+    top = np.concatenate(list(frames), axis=1)
+    bottom = np.concatenate(list(overlay(frames, heat, **overlay_kwargs)), axis=1)
+    grid = np.concatenate([top, bottom], axis=0)
+    return grid.repeat(scale, 0).repeat(scale, 1)
+
+
+def write_overlays(path, frames, heat, *, scale: int = DEFAULT_SCALE, **overlay_kwargs) -> Path:
+    """Write ``overlay_grid`` of frames (N, 64, 64, 3) and heat (N, 64, 64) as one PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay_grid(frames, heat, scale=scale, **overlay_kwargs)).save(path)
+    return path
+
+
+def file_stem(layer: str) -> str:
+    """A layer name safe in a file name: ``conv_seqs.2.res_block1`` -> ``conv_seqs_2_res_block1``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", layer)
+
+
+def write_feature_heatmaps(
+    agent: Agent,
+    feature: Feature | str,
+    frames,
+    out_dir,
+    *,
+    channels: Sequence[int] | int | None = None,
+    method: Method = "bilinear",
+    params=None,
+    symmetric: bool | None = None,
+    **overlay_kwargs,
+) -> list[Path]:
+    """One PNG per feature: ``frames`` (uint8, N ≤ a dozen) above the feature's heatmap over each of them.
+
+    ``symmetric`` (default: whether any map is negative) centres a diverging colormap on zero.
+    """
+    feature = as_feature(agent, feature, channels)
+    maps = compute_feature_maps(agent, feature, frames, params=params)  # (N, H, W, F)
+    heat = upsample(maps, receptive_field(agent, feature.layer), method=method)
+    symmetric = bool((maps < 0).any()) if symmetric is None else symmetric
+    if symmetric:
+        overlay_kwargs.setdefault("cmap", DIVERGING_CMAP)
+    out_dir = Path(out_dir)
+    return [
+        write_overlays(
+            out_dir / f"{file_stem(feature.layer)}_{int(fid):04d}.png",
+            frames,
+            heat[..., j],
+            symmetric=symmetric,
+            **overlay_kwargs,
+        )
+        for j, fid in enumerate(feature_ids(agent, feature))
+    ]
