@@ -11,12 +11,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import DropVar, Literal
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.heatmap import DIVERGING_CMAP, upsample, write_overlays
@@ -64,46 +63,11 @@ def target_fn(agent: Agent, target: Target) -> Callable[[dict[str, jax.Array]], 
     return lambda acts: acts[agent.arch.logits][:, int(target)]
 
 
-def _eval_jaxpr(jaxpr, consts, args, target_var, delta):
-    """``jax.core.eval_jaxpr``, adding ``delta`` to ``target_var`` where it is produced."""
-    env: dict[Any, Any] = {}
-
-    def read(v):
-        return v.val if isinstance(v, Literal) else env[v]
-
-    def write(v, value):
-        if not isinstance(v, DropVar):
-            env[v] = value + delta if v is target_var else value
-
-    for v, value in zip(jaxpr.constvars, consts, strict=True):
-        write(v, value)
-    for v, value in zip(jaxpr.invars, args, strict=True):
-        write(v, value)
-    for eqn in jaxpr.eqns:
-        params, subfuns = eqn.primitive.get_bind_params(eqn.params), ()
-        if isinstance(params, tuple):  # jax < 0.7 returned (subfuns, params)
-            subfuns, params = params
-        out = eqn.primitive.bind(*subfuns, *map(read, eqn.invars), **params)
-        for v, value in zip(eqn.outvars, out if eqn.primitive.multiple_results else [out], strict=True):
-            write(v, value)
-    return [read(v) for v in jaxpr.outvars]
-
-
 def forward_with_delta(agent: Agent, params, images: jax.Array, layer: str, delta: jax.Array) -> dict:
     """``agent.forward(params, images)`` with ``delta`` added to ``layer``'s activation (``INPUT``: the images)."""
     if layer == INPUT:
         return agent.forward(params, images + delta)
-    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, images))
-    closed, shapes = jax.make_jaxpr(agent.forward, return_shape=True)(*spec)
-    paths, tree = jax.tree_util.tree_flatten_with_path(shapes)
-    where = [i for i, (path, _) in enumerate(paths) if path == (jax.tree_util.DictKey(layer),)]
-    if not where:
-        raise JaxinterpError(f"layer {layer!r} is not an output of {agent.arch.name}'s forward")
-    target_var = closed.jaxpr.outvars[where[0]]
-    if isinstance(target_var, Literal) or target_var in closed.jaxpr.invars:
-        raise JaxinterpError(f"layer {layer!r} is a constant or an input of the forward; it has no gradient")
-    flat = _eval_jaxpr(closed.jaxpr, closed.consts, jax.tree.leaves((params, images)), target_var, delta)
-    return jax.tree.unflatten(tree, flat)
+    return agent.forward(params, images, perturb={layer: delta})
 
 
 def _layer_acts(agent: Agent, params, images: jax.Array, layer: str) -> jax.Array:

@@ -37,9 +37,15 @@ class Agent:
     def num_params(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
 
-    def forward(self, params: dict, images: jax.Array) -> dict[str, jax.Array]:
-        """Every named activation for images in [0, 1], shape (N, 64, 64, 3)."""
-        return self.module.apply({"params": params}, images)
+    def forward(self, params: dict, images: jax.Array, perturb: dict | None = None) -> dict[str, jax.Array]:
+        """Every named activation for images in [0, 1], shape (N, 64, 64, 3).
+
+        ``perturb`` maps layer names to deltas added to those activations, which the network then carries on
+        from: the gradient with respect to a delta is the gradient with respect to that activation.
+        """
+        if perturb:
+            self.check_layers(perturb)
+        return self.module.apply({"params": params}, images, perturb)
 
     def apply(self, params: dict, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(logits (N, A), value (N,)) for uint8 frames (N, 64, 64, 3)."""

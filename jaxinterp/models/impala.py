@@ -1,6 +1,6 @@
 """The three supported agent CNNs as Flax modules that return every named activation.
 
-Each module maps images in [0, 1] (N, 64, 64, 3) to a dict ``{layer name: activation}`` in forward order, where the
+Each module maps images in [0, 1] (N, 64, 64, 3) (and optional ``perturb``: {name: delta added there}) to a dict ``{layer name: activation}`` in forward order, where the
 names are the submodule paths of the torch model that produced the checkpoint (what a torch forward hook on that
 module returns, as NHWC) plus ``<name>.relu`` where the network applies a relu to that activation. Under ``jit``
 unused entries cost nothing (XLA removes dead code), so a forward "truncated at a layer" is simply reading that
@@ -10,7 +10,7 @@ entry. Parameter names are the torch module paths too, which makes weight conver
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -26,19 +26,25 @@ _VALUE = nn.initializers.orthogonal(1.0)
 
 
 class _Recorder:
-    """Collects named activations in forward order."""
+    """Collects named activations in forward order, adding ``perturb[name]`` where one is given.
 
-    def __init__(self) -> None:
+    The network goes on from the returned (perturbed) value, so a gradient with respect to a perturbation is the
+    gradient with respect to that activation (attribution to intermediate layers).
+    """
+
+    def __init__(self, perturb: Mapping[str, jax.Array] | None) -> None:
+        self.perturb = perturb or {}
         self.acts: dict[str, jax.Array] = {}
 
     def __call__(self, name: str, value: jax.Array) -> jax.Array:
+        if name in self.perturb:
+            value = value + self.perturb[name]
         self.acts[name] = value
         return value
 
     def relu(self, name: str, value: jax.Array) -> jax.Array:
         """Record ``value`` and its relu (the relu is what the network uses next)."""
-        self(name, value)
-        return self(name + ".relu", nn.relu(value))
+        return self(name + ".relu", nn.relu(self(name, value)))
 
 
 def _conv(features: int, size: int, padding: int, name: str) -> Conv:
@@ -75,8 +81,8 @@ class ImpalaCNN(nn.Module):
     channels: tuple[int, ...] = (16, 32, 32)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        rec = _Recorder()
+    def __call__(self, x: jax.Array, perturb: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        rec = _Recorder(perturb)
         names = ("conv", "max_pool2d", "res_block0", "res_block1", "conv0", "conv1")
         for i, ch in enumerate(self.channels):
             x = _impala_stage(rec, x, f"conv_seqs.{i}", names, ch)
@@ -96,14 +102,14 @@ class ProcgenToolsImpala(nn.Module):
     channels: tuple[int, ...] = (16, 32, 32)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        rec = _Recorder()
+    def __call__(self, x: jax.Array, perturb: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        rec = _Recorder(perturb)
         names = ("conv", "max_pool", "res1", "res2", "conv1", "conv2")
         for i, ch in enumerate(self.channels):
             x = _impala_stage(rec, x, f"embedder.block{i + 1}", names, ch)
         x = rec(f"embedder.block{len(self.channels)}.relu", nn.relu(x))
         h = rec.relu("embedder.fc", nn.Dense(256, kernel_init=_HIDDEN, name="embedder.fc")(_flatten(x)))
-        rec("embedder", h)
+        h = rec("embedder", h)
         return _heads(rec, h, self.num_actions, "fc_policy", "fc_value")
 
 
@@ -113,8 +119,8 @@ class InterpretableCNN(nn.Module):
     num_actions: int = 15
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        rec = _Recorder()
+    def __call__(self, x: jax.Array, perturb: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        rec = _Recorder(perturb)
         stages = ((("conv1a", 16, 7, 3),), (("conv2a", 32, 5, 2), ("conv2b", 32, 5, 2)))
         stages += ((("conv3a", 32, 5, 2),), (("conv4a", 32, 5, 2),))
         for i, convs in enumerate(stages):
