@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from jaxinterp import _xla  # noqa: F401  (XLA flags before jax starts)
 from jaxinterp.errors import JaxinterpError
 
@@ -100,6 +102,48 @@ def cmd_export_agent(args) -> None:
           f" (random {e['random']['success_rate']:.1%}) on {e['episodes']} unseen episodes")
 
 
+def _channels(agent, layer: str, spec: str | None) -> list[int] | None:
+    from jaxinterp.featviz.run import parse_channels
+
+    layer = agent.check_layers([layer])[0]
+    return None if spec in (None, "all") else parse_channels(spec, agent.layer_shapes[layer][-1], repr(layer))
+
+
+def cmd_examples(args) -> None:
+    from jaxinterp.envs.dataset import Dataset
+    from jaxinterp.examples.find import find_examples
+    from jaxinterp.examples.sheets import write_sheets
+
+    agent = _agent(args)
+    channels = _channels(agent, args.layer, args.channels)
+    result = find_examples(agent, args.layer, Dataset(args.dataset), channels=channels, k=args.k,
+                           diversity=args.diversity, diversity_on=args.diversity_on, progress=True)
+    paths = write_sheets(result, args.out)
+    print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
+
+
+def cmd_attribution(args) -> None:
+    from jaxinterp.envs.dataset import Dataset
+    from jaxinterp.examples.attribution import gradient_x_activation, integrated_gradients, write_saliency
+
+    agent = _agent(args)
+    ds = Dataset(args.dataset)
+    index = [int(i) for i in args.frames.split(",")]
+    if any(not 0 <= i < len(ds) for i in index):
+        raise JaxinterpError(f"--frames must be row numbers in 0-{len(ds) - 1} of {args.dataset}")
+    frames = ds[np.asarray(index)]["frames"]
+    target = "value" if args.target == "value" else int(args.target.removeprefix("action:"))
+    method = integrated_gradients if args.method == "ig" else gradient_x_activation
+    attr = method(agent, frames, target, layer=args.layer)
+    values = getattr(attr, "values", attr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = write_saliency(out / f"{args.method}_{args.target.replace(':', '')}_{args.layer}.png", agent, frames,
+                         values, layer=args.layer)
+    np.savez(out / f"{png.stem}.npz", frames=np.asarray(index), attributions=np.asarray(values))
+    print(f"wrote {png}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxinterp", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--episodes", type=int, default=1000)
     x.add_argument("--seed", type=int, default=0)
     x.set_defaults(func=cmd_export_agent)
+
+    ex = sub.add_parser("examples", help="top-activating frames and diverse receptive-field patches per channel")
+    _checkpoint_arg(ex)
+    ex.add_argument("--layer", required=True)
+    ex.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
+    ex.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
+    ex.add_argument("--k", type=int, default=16)
+    ex.add_argument("--diversity", type=float, default=0.0, help="cosine-similarity penalty weight (0: top-k)")
+    ex.add_argument("--diversity-on", default="activations", choices=["activations", "pixels"])
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=cmd_examples)
+
+    at = sub.add_parser("attribution", help="saliency overlays: gradient x activation or integrated gradients")
+    _checkpoint_arg(at)
+    at.add_argument("--dataset", required=True)
+    at.add_argument("--frames", required=True, help="comma-separated dataset rows, e.g. 0,100,2000")
+    at.add_argument("--target", default="value", help="value | action:N (that action's logit)")
+    at.add_argument("--layer", default="input", help="input (pixels) or a layer name (its channels)")
+    at.add_argument("--method", default="ig", choices=["ig", "gxa"])
+    at.add_argument("--out", required=True)
+    at.set_defaults(func=cmd_attribution)
     return p
 
 

@@ -77,7 +77,7 @@ def test_evaluate_reports_agent_and_random(checkpoint, tmp_path, capsys):
 @pytest.mark.slow
 def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     run = tmp_path / "run"
-    config = "num_envs=2,num_steps=8,num_minibatches=2,update_epochs=1"
+    config = "num_envs=2,num_steps=8,num_minibatches=2,update_epochs=2"  # as test_ppo.TINY: compiled once
     assert main(["train-agent", "--frames", "16", "--out", str(run), "--config", config]) == 0
     assert main(["export-agent", str(run), str(tmp_path / "w" / "tiny"), "--episodes", "2"]) == 0
     card = json.loads((tmp_path / "w" / "tiny.card.json").read_text())
@@ -87,3 +87,21 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     for suffix in (".pt", ".safetensors"):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
         np.testing.assert_allclose(exported(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
+
+
+def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["rollout", "--random", "--frames", "64", "--num-envs", "4", "--out", str(data)]) == 0
+    out = tmp_path / "ex"
+    assert main(["examples", "--checkpoint", str(checkpoint), "--layer", "conv_seqs.1.res_block1", "--dataset",
+                 str(data), "--channels", "0-1", "--k", "4", "--diversity", "0.5", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["conv_seqs_1_res_block1_0000.png",
+                                                         "conv_seqs_1_res_block1_0001.png"]
+    assert main(["examples", "--checkpoint", str(checkpoint), "--layer", "conv_seqs.1.res_block1", "--dataset",
+                 str(data), "--channels", "40", "--out", str(out)]) == 2
+    assert "out of range" in capsys.readouterr().err
+    att = tmp_path / "att"
+    assert main(["attribution", "--checkpoint", str(checkpoint), "--dataset", str(data), "--frames", "0,5",
+                 "--target", "action:3", "--method", "gxa", "--out", str(att)]) == 0
+    saved = np.load(next(att.glob("*.npz")))
+    assert saved["attributions"].shape[:1] == (2,) and list(saved["frames"]) == [0, 5]
