@@ -8,7 +8,7 @@ optimizer, reward normalizer, RNG and the environments' own state, so a restarte
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -140,8 +140,12 @@ class Trainer(NamedTuple):
     update: Callable  # (state, traj, last_value) -> (state, metrics)   [jitted; epochs x minibatches scan]
 
 
+@functools.lru_cache(maxsize=8)
 def make_train(config: PPOConfig) -> Trainer:
-    """Build the jitted policy step and update for ``config`` (purejaxrl's ``make_train``, host-stepped env)."""
+    """Build the jitted policy step and update for ``config`` (purejaxrl's ``make_train``, host-stepped env).
+
+    Cached per config, so resuming or evaluating in the same process does not compile again.
+    """
     arch = get_architecture(config.arch)
     num_actions = 15
     agent = Agent(arch, init_params(arch, jax.random.key(0), num_actions=num_actions), num_actions=num_actions)
@@ -215,6 +219,3 @@ def make_train(config: PPOConfig) -> Trainer:
 
     return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update)
 
-
-def config_json(config: PPOConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
