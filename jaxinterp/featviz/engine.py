@@ -1,0 +1,390 @@
+"""The feature-visualization optimizer: one jitted ``lax.scan`` of Adam steps, vmapped over channels and facets.
+
+purejaxrl's shape: ``make_visualize(agent, objective, config) -> visualize(key, channels) -> Result``. Each job
+(channel, facet) optimizes its own image; the channel is a traced index, so one compilation serves every channel
+of a layer. Jobs are sharded over all devices (a ``Mesh`` over the channel axis; every process of a
+``jax.distributed`` job runs the same call and gets the whole result) and chunked to fit memory. A job's random
+numbers come from ``fold_in(fold_in(key, channel), facet)``, never from its place in a batch, so chunking and
+sharding do not change the images (beyond float rounding of differently sized batches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.featviz import param as param_lib
+from jaxinterp.featviz import transforms as tf
+from jaxinterp.featviz.objectives import Objective, read_acts, resolve_layer
+from jaxinterp.models.agent import Agent
+
+__all__ = [
+    "DEFAULT_LR",
+    "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_STEPS",
+    "MEMORY_FACTOR",
+    "Result",
+    "VisualizeConfig",
+    "Visualizer",
+    "bytes_per_image",
+    "make_visualize",
+]
+
+DEFAULT_STEPS = 512
+"""lucid's default number of steps (on a random-weight impala, channel values still rose from step 256 to 512)."""
+
+DEFAULT_LR = 0.05
+"""lucid's Adam learning rate for FFT-parameterized, decorrelated images (param.py keeps its scaling)."""
+
+DEFAULT_MEMORY_BUDGET = 2 << 30
+"""Bytes that one chunk of jobs may use for activations (estimated, see `bytes_per_image`): 2 GiB."""
+
+MEMORY_FACTOR = 4
+"""Floats held per activation float in a step: the forward value kept for the backward pass, its gradient and
+about two more of workspace. Deliberately generous: XLA's own temp buffers measured 2-4x below this estimate
+(impala, 32 channels: conv_seqs.0.conv 0.83 MB/image vs 1.8 estimated; conv_seqs.2.res_block1 2.0 vs 7.6)."""
+
+_AXIS = "jobs"
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualizeConfig:
+    """Settings for `make_visualize`; frozen and hashable, so equal configs can share compiled functions."""
+
+    steps: int = DEFAULT_STEPS
+    thresholds: tuple[int, ...] = ()
+    """Step counts at which to keep images as well as the last (0: the starting image)."""
+    facets: int = 1
+    """Images per channel (K); objectives see a channel's K facets as one batch (for `diversity`)."""
+    lr: float = DEFAULT_LR
+    optimizer: optax.GradientTransformation | None = None
+    """Overrides ``optax.adam(lr)``."""
+    param: param_lib.ImageParam | None = None
+    """Image parameterization; default ``param.image()`` (FFT basis, ImageNet colour decorrelation, sigmoid).
+    Its params' leaves must have the batch as their first axis, as ``param.pixel`` and ``param.fft`` do."""
+    transforms: tf.Transform | None = dataclasses.field(default_factory=tf.standard_transforms)
+    """Random transforms applied to the image before the network each step; None for none."""
+    measure: Objective | None = None
+    """What ``Result.values`` reports on the final (untransformed) images; default the objective itself. Pass
+    the objective without its penalties to compare images with real frames."""
+    max_images: int | None = None
+    """Images (channels × facets) optimized at once; default from `memory_budget`."""
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    scan: bool = True
+    """True: all steps in one `lax.scan`. False: a host loop over the jitted step (for comparison)."""
+    devices: tuple[Any, ...] | None = None
+    """Devices to shard jobs over; default all devices of the job (``jax.devices()``, every process)."""
+    compiler_options: tuple[tuple[str, Any], ...] = ()
+    """XLA options for this job's programs, e.g. ``(("xla_backend_optimization_level", 0),)``: compiles ~3x
+    faster on CPU but runs slower, worth it only for runs of a few dozen steps (tests, quick looks)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(int(t) for t in self.thresholds))
+        if self.devices is not None:
+            object.__setattr__(self, "devices", tuple(self.devices))
+        options = self.compiler_options
+        object.__setattr__(
+            self, "compiler_options", tuple(options.items() if isinstance(options, dict) else options)
+        )
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise JaxinterpError(f"`steps` (={self.steps!r}) must be an int >= 1")
+        bad = [t for t in self.thresholds if not 0 <= t <= self.steps]
+        if bad:
+            raise JaxinterpError(f"`thresholds` {bad} must lie in 0-{self.steps} (the number of steps)")
+        if not isinstance(self.facets, int) or self.facets < 1:
+            raise JaxinterpError(f"`facets` (={self.facets!r}) must be an int >= 1")
+        if not self.lr > 0:
+            raise JaxinterpError(f"`lr` (={self.lr!r}) must be > 0")
+        if self.max_images is not None and self.max_images < 1:
+            raise JaxinterpError(f"`max_images` (={self.max_images!r}) must be >= 1")
+        if self.memory_budget < 1:
+            raise JaxinterpError(
+                f"`memory_budget` (={self.memory_budget!r}) must be a positive number of bytes"
+            )
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        """The step counts whose images are returned: `thresholds` and `steps`, sorted."""
+        return tuple(sorted({*self.thresholds, self.steps}))
+
+
+class Result(NamedTuple):
+    """The images each job reached at each kept step count, and what they score."""
+
+    images: np.ndarray
+    """(T, C, K, 64, 64, 3) float32 in [0, 1]: T kept step counts, C channels, K facets."""
+    values: np.ndarray
+    """(T, C, K): the measure (default the objective) on each kept image, untransformed."""
+    losses: np.ndarray
+    """(C, K, steps): minus the objective on the transformed image at each step (what Adam minimized)."""
+    channels: np.ndarray
+    """(C,) the channel (index) of each row."""
+    thresholds: tuple[int, ...]
+    """The T step counts."""
+
+    @property
+    def final(self) -> np.ndarray:
+        """The last images, (C, K, 64, 64, 3)."""
+        return self.images[-1]
+
+    def at(self, step: int) -> np.ndarray:
+        """Images (C, K, 64, 64, 3) after `step` steps (one of `thresholds`)."""
+        if step not in self.thresholds:
+            raise JaxinterpError(f"no images kept at step {step}; kept: {list(self.thresholds)}")
+        return self.images[self.thresholds.index(step)]
+
+
+class _State(NamedTuple):
+    params: Any  # image params, leaves (K, ...)
+    opt_state: Any
+    saved: Any  # image params at each kept step count, leaves (T + 1, K, ...): slot T takes other steps
+    step: jax.Array  # int32: steps done
+    step_keys: jax.Array  # (K,) typed keys: transform draws for step t fold t in
+
+
+def bytes_per_image(agent: Agent, layers: Sequence[str]) -> int:
+    """Estimated bytes one image needs in a step: every activation up to the deepest layer read, plus the image."""
+    order = list(agent.layer_shapes)
+    resolved = [resolve_layer(agent, n) for n in layers]
+    deepest = max((order.index(n) for n in resolved), default=0)
+    floats = sum(math.prod(agent.layer_shapes[n]) for n in order[: deepest + 1])
+    # Image params, Adam moments, the saved copies and the transformed image: a handful of image-sized arrays.
+    image_floats = 64 * 64 * 3 * 16
+    return 4 * (MEMORY_FACTOR * floats + image_floats)
+
+
+def _pick_device_rows(n: int, devices: int) -> int:
+    return max(devices, n // devices * devices)
+
+
+class Visualizer:
+    """``visualize(key, channels) -> Result``; built by `make_visualize`, reusable for any channels and seeds."""
+
+    def __init__(self, agent: Agent, objective: Objective, config: VisualizeConfig):
+        if not isinstance(objective, Objective):
+            raise JaxinterpError(
+                f"objective must be an Objective (see jaxinterp.featviz.objectives), got {type(objective).__name__}"
+            )
+        self.agent, self.objective, self.config = agent, objective.validate(agent), config
+        self.measure = (config.measure or objective).validate(agent)
+        self.param = config.param if config.param is not None else param_lib.image()
+        self.optimizer = config.optimizer if config.optimizer is not None else optax.adam(config.lr)
+        self.devices = config.devices if config.devices is not None else tuple(jax.devices())
+        self.mesh = Mesh(np.asarray(self.devices, dtype=object), (_AXIS,))
+        self._sharded = NamedSharding(self.mesh, PartitionSpec(_AXIS))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        layers = (*objective.layers, *self.measure.layers)
+        self.image_bytes = bytes_per_image(agent, layers)
+        max_images = config.max_images or max(1, config.memory_budget // self.image_bytes)
+        self.chunk_channels = _pick_device_rows(max(1, max_images // config.facets), len(self.devices))
+        """Most channels optimized in one call (a multiple of the device count)."""
+        self._agent_params = None
+        self._compiled: dict[str, Any] = {}
+
+    # --- one job: (channel index, K facet keys) ------------------------------------------------------------
+    def _init_job(self, index: jax.Array, keys: jax.Array) -> _State:
+        k = self.config.facets
+        split = jax.vmap(jax.random.split)(keys)  # (K, 2)
+        init_keys, step_keys = split[:, 0], split[:, 1]
+        # Each facet is initialized from its own key (not one key for the batch), so facet f is the same image
+        # whatever K is; leaves come back (K, 1, ...) and merge into the batch axis the parameterization expects.
+        params = jax.vmap(lambda key: self.param.init(key, 1))(init_keys)
+        params = jax.tree.map(lambda x: x.reshape(k, *x.shape[2:]), params)
+        kept = len(self.config.kept)
+        saved = jax.tree.map(lambda x: jnp.broadcast_to(x, (kept + 1, *x.shape)), params)
+        return _State(params, self.optimizer.init(params), saved, jnp.int32(0), step_keys)
+
+    def _score(self, agent_params, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
+        seen = images
+        if keys is not None and self.config.transforms is not None:
+            spec = self.config.transforms
+            seen = jax.vmap(lambda key, im: tf.apply(key, im[None], spec)[0])(keys, images)
+        acts = read_acts(self.agent, self.agent.forward(agent_params, seen), objective.layers)
+        return objective.fn(acts, images, index)
+
+    def _step_job(self, agent_params, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
+        keys = jax.vmap(jax.random.fold_in, (0, None))(state.step_keys, state.step)
+
+        def loss_fn(p):
+            score = self._score(agent_params, index, self.param.apply(p), self.objective, keys)
+            return -jnp.sum(score), score
+
+        (_, score), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step = state.step + 1
+        kept = jnp.asarray(self.config.kept, jnp.int32)
+        hit = kept == step
+        slot = jnp.where(hit.any(), jnp.argmax(hit), len(self.config.kept))
+        saved = jax.tree.map(lambda s, p: s.at[slot].set(p), state.saved, params)
+        return _State(params, opt_state, saved, step, state.step_keys), -score
+
+    def _finish_job(self, agent_params, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
+        kept = len(self.config.kept)
+        images = jax.vmap(self.param.apply)(jax.tree.map(lambda s: s[:kept], state.saved))  # (T, K, H, W, 3)
+        flat = images.reshape(-1, *images.shape[2:])
+        values = self._score(agent_params, index, flat, self.measure).reshape(images.shape[:2])
+        return images, values
+
+    def _run_job(self, agent_params, index, key_data, impl):
+        state = self._init_job(index, jax.random.wrap_key_data(key_data, impl=impl))
+        state, losses = jax.lax.scan(
+            lambda s, _: self._step_job(agent_params, index, s), state, None, length=self.config.steps
+        )
+        images, values = self._finish_job(agent_params, index, state)
+        return images, values, losses.T
+
+    # --- compiled, vmapped over channels and sharded over devices -------------------------------------------
+    def _functions(self, impl: str) -> dict[str, Callable]:
+        if impl not in self._compiled:
+            shard, repl = self._sharded, self._replicated
+            over_jobs = (None, 0, 0)
+            jit = functools.partial(jax.jit, compiler_options=dict(self.config.compiler_options) or None)
+            fns = {
+                "run": jit(
+                    jax.vmap(lambda p, i, k: self._run_job(p, i, k, impl), over_jobs),
+                    in_shardings=(repl, shard, shard),
+                    out_shardings=repl,
+                ),
+                "init": jit(
+                    jax.vmap(lambda i, k: self._init_job(i, jax.random.wrap_key_data(k, impl=impl))),
+                    in_shardings=(shard, shard),
+                    out_shardings=shard,
+                ),
+                "step": jit(
+                    jax.vmap(self._step_job, over_jobs),
+                    in_shardings=(repl, shard, shard),
+                    out_shardings=(shard, repl),
+                    donate_argnums=2,
+                ),
+                "finish": jit(
+                    jax.vmap(self._finish_job, over_jobs),
+                    in_shardings=(repl, shard, shard),
+                    out_shardings=repl,
+                ),
+            }
+            self._compiled[impl] = fns
+        return self._compiled[impl]
+
+    def _global(self, data: np.ndarray, sharding: NamedSharding) -> jax.Array:
+        """A global array from data every process holds in full (one process: a plain device_put)."""
+        data = np.asarray(data)
+        return jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
+
+    def _params(self):
+        if self._agent_params is None:
+            self._agent_params = jax.tree.map(lambda x: self._global(x, self._replicated), self.agent.params)
+        return self._agent_params
+
+    def channels_for(self, channels: Sequence[int] | int | None) -> np.ndarray:
+        """Checked channel indices as an int32 array; None means every index (or [0] if the objective has none)."""
+        if channels is None:
+            n = self.objective.num_indices(self.agent)
+            channels = range(n) if n is not None else [0]
+        elif isinstance(channels, int | np.integer):
+            channels = [int(channels)]
+        channels = [int(c) for c in channels]
+        if not channels:
+            raise JaxinterpError("no channels to visualize: pass at least one channel index")
+        for c in channels:
+            self.objective.check_index(self.agent, c)
+            self.measure.check_index(self.agent, c)
+        return np.asarray(channels, np.int32)
+
+    def job_keys(self, key: jax.Array, channels: np.ndarray) -> np.ndarray:
+        """Key data (C, K, ...) of each job: ``fold_in(fold_in(key, channel), facet)``."""
+        facets = jnp.arange(self.config.facets)
+
+        def per_channel(c):
+            return jax.vmap(lambda f: jax.random.fold_in(jax.random.fold_in(key, c), f))(facets)
+
+        return np.asarray(jax.random.key_data(jax.vmap(per_channel)(jnp.asarray(channels))))
+
+    def __call__(
+        self,
+        key: jax.Array | int,
+        channels: Sequence[int] | int | None = None,
+        *,
+        progress: Callable[[int], Any] | None = None,
+    ) -> Result:
+        """Optimize ``facets`` images for each of ``channels`` (indices of the objective family).
+
+        ``progress(n)`` is called after each chunk with the number of channels it finished (e.g. ``tqdm.update``).
+        """
+        key = jax.random.key(key) if isinstance(key, int | np.integer) else key
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.wrap_key_data(key)  # a legacy uint32 key
+        impl = str(jax.random.key_impl(key))
+        channels = self.channels_for(channels)
+        all_keys = self.job_keys(key, channels)
+        n_dev = len(self.devices)
+        size = min(self.chunk_channels, -(-len(channels) // n_dev) * n_dev)
+        parts = []
+        for start in range(0, len(channels), size):
+            index, keys = channels[start : start + size], all_keys[start : start + size]
+            real = len(index)
+            # Pad with copies of the last job (same key, same image) so every chunk has one shape: one compile.
+            pad = size - real
+            index = np.concatenate([index, np.repeat(index[-1:], pad)])
+            keys = np.concatenate([keys, np.repeat(keys[-1:], pad, axis=0)])
+            images, values, losses = self._run_chunk(impl, index, keys)
+            parts.append((images[:real], values[:real], losses[:real]))
+            self._check_finite(channels[start : start + real], *parts[-1])
+            if progress is not None:
+                progress(real)
+        images, values, losses = (np.concatenate(x) for x in zip(*parts, strict=True))
+        return Result(
+            images=np.moveaxis(images, 1, 0),
+            values=np.moveaxis(values, 1, 0),
+            losses=losses,
+            channels=channels,
+            thresholds=self.config.kept,
+        )
+
+    def _run_chunk(self, impl: str, index: np.ndarray, keys: np.ndarray):
+        fns = self._functions(impl)
+        params = self._params()
+        index_g, keys_g = self._global(index, self._sharded), self._global(keys, self._sharded)
+        if self.config.scan:
+            out = fns["run"](params, index_g, keys_g)
+            return tuple(np.asarray(x) for x in out)
+        state = fns["init"](index_g, keys_g)
+        losses = []
+        for _ in range(self.config.steps):
+            state, loss = fns["step"](params, index_g, state)
+            losses.append(loss)
+        images, values = fns["finish"](params, index_g, state)
+        return np.asarray(images), np.asarray(values), np.stack([np.asarray(x) for x in losses], axis=-1)
+
+    def _check_finite(self, channels: np.ndarray, images, values, losses) -> None:
+        bad = ~(
+            np.isfinite(images).reshape(len(channels), -1).all(1)
+            & np.isfinite(values).reshape(len(channels), -1).all(1)
+            & np.isfinite(losses).reshape(len(channels), -1).all(1)
+        )
+        if bad.any():
+            which = ", ".join(str(c) for c in channels[bad][:8])
+            raise JaxinterpError(
+                f"optimizing {self.objective.describe(int(channels[bad][0]))} gave NaN/inf "
+                f"(layer {', '.join(self.objective.layers) or 'input'}, channel(s) {which}); "
+                f"lower the learning rate (lr={self.config.lr}) or add a penalty such as total_variation"
+            )
+
+
+def make_visualize(agent: Agent, objective: Objective, config: VisualizeConfig | None = None) -> Visualizer:
+    """``visualize(key, channels) -> Result``: optimize images for ``objective`` at each channel index.
+
+    ``objective`` is an `Objective` family (e.g. ``channel(layer)``) whose traced index is the channel, or a fixed
+    objective (then ``channels`` defaults to ``[0]``, which it ignores). Compiles on first use per chunk size.
+    """
+    return Visualizer(agent, objective, config or VisualizeConfig())

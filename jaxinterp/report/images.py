@@ -1,0 +1,112 @@
+"""Images to PNG: float-to-uint8, nearest-neighbour upscaling, side-by-side strips and labelled contact sheets.
+
+Only numpy and Pillow: any job (feature visualization, examples, SAE features) can write its pictures with these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from jaxinterp.errors import JaxinterpError
+
+__all__ = ["contact_sheet", "save_png", "side_by_side", "to_uint8", "upscale", "write_contact_sheet"]
+
+GAP = 4
+"""Pixels between images in strips and sheets."""
+BACKGROUND = 255
+"""White between images: the optimized images are rarely white, so cells stay easy to tell apart."""
+_TEXT = (0, 0, 0)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] (clipped; NaN becomes 0) or uint8 images, as uint8."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.floating):
+        raise JaxinterpError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
+    return np.round(np.clip(np.nan_to_num(images, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _check_hwc(image: np.ndarray, what: str = "image") -> None:
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise JaxinterpError(f"{what} must be (H, W, 3), got shape {image.shape}")
+
+
+def upscale(image, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of (..., H, W, C) by an integer ``scale`` (pixels stay crisp squares)."""
+    if not isinstance(scale, int | np.integer) or scale < 1:
+        raise JaxinterpError(f"`scale` (={scale!r}) must be an int >= 1")
+    image = np.asarray(image)
+    return image.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def side_by_side(images, *, gap: int = GAP, scale: int = 1) -> np.ndarray:
+    """K images (K, H, W, 3) as one uint8 strip, left to right, ``gap`` background pixels apart."""
+    images = upscale(to_uint8(images), scale)
+    if images.ndim != 4:
+        raise JaxinterpError(f"images must be (K, H, W, 3), got shape {images.shape}")
+    k, h, w, c = images.shape
+    strip = np.full((h, k * w + (k - 1) * gap, c), BACKGROUND, np.uint8)
+    for i, im in enumerate(images):
+        strip[:, i * (w + gap) : i * (w + gap) + w] = im
+    return strip
+
+
+def save_png(path: str | Path, image) -> Path:
+    """Write one image (H, W, 3), float in [0, 1] or uint8, as a PNG (parent folders created)."""
+    image = to_uint8(image)
+    _check_hwc(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
+    return path
+
+
+def contact_sheet(
+    images,
+    labels: Sequence[str] | None = None,
+    *,
+    columns: int = 8,
+    scale: int = 1,
+    title: str | None = None,
+    gap: int = GAP,
+) -> np.ndarray:
+    """A grid of N images (N, H, W, 3) in rows of ``columns``, each with its label underneath; uint8 (H', W', 3)."""
+    images = upscale(to_uint8(images), scale)
+    if images.ndim != 4 or len(images) == 0:
+        raise JaxinterpError(f"contact sheet needs images (N, H, W, 3) with N >= 1, got shape {images.shape}")
+    if labels is not None and len(labels) != len(images):
+        raise JaxinterpError(f"got {len(labels)} labels for {len(images)} images")
+    font = ImageFont.load_default()
+    text_h = _text_height(font) if labels is not None else 0
+    title_h = _text_height(font) + gap if title else 0
+    n, h, w, _ = images.shape
+    cols = max(1, min(columns, n))
+    rows = math.ceil(n / cols)
+    cell_w, cell_h = w + gap, h + text_h + gap
+    sheet = Image.new("RGB", (cols * cell_w + gap, rows * cell_h + gap + title_h), (BACKGROUND,) * 3)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((gap, gap), title, fill=_TEXT, font=font)
+    for i, im in enumerate(images):
+        x, y = gap + (i % cols) * cell_w, title_h + gap + (i // cols) * cell_h
+        sheet.paste(Image.fromarray(im[..., :3]), (x, y))
+        if labels is not None:
+            draw.text((x, y + h + 1), str(labels[i]), fill=_TEXT, font=font)
+    return np.asarray(sheet)
+
+
+def write_contact_sheet(path: str | Path, images, labels: Sequence[str] | None = None, **kwargs) -> Path:
+    """`contact_sheet` written as a PNG."""
+    return save_png(path, contact_sheet(images, labels, **kwargs))
+
+
+def _text_height(font) -> int:
+    top, bottom = font.getbbox("0123456789:-.")[1::2]
+    return int(bottom - top) + 4
