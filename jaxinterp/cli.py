@@ -144,6 +144,52 @@ def cmd_attribution(args) -> None:
     print(f"wrote {png}")
 
 
+def _color_stats(checkpoint: Path, agent, frames: np.ndarray):
+    """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached."""
+    import hashlib
+    import os
+
+    from jaxinterp.featviz.param import fit_color_stats, load_color_stats, save_color_stats
+
+    beside = checkpoint.with_suffix(".color.json")
+    if beside.exists():
+        return load_color_stats(beside)
+    digest = hashlib.sha256(checkpoint.read_bytes() if checkpoint.is_file() else str(checkpoint).encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxinterp" / "color"
+    cached = cache / f"{digest.hexdigest()[:16]}.json"
+    if cached.exists():
+        return load_color_stats(cached)
+    stats = fit_color_stats(frames)
+    cache.mkdir(parents=True, exist_ok=True)
+    save_color_stats(cached, stats.matrix, stats.mean)
+    return stats
+
+
+def cmd_visualize(args) -> None:
+    from jaxinterp.agent.export import agent_frames
+    from jaxinterp.featviz.run import visualize_layers
+    from jaxinterp.weights.store import default_checkpoint
+
+    checkpoint = Path(args.checkpoint or default_checkpoint())
+    agent = _agent(args)
+    if args.all_layers:
+        layers = [n for n in agent.conv_layer_names if not n.endswith(".relu")]
+    elif args.layer:
+        layers = list(agent.check_layers([x for x in args.layer.split(",") if x]))
+    else:
+        raise JaxinterpError("give --layer NAME[,NAME...] or --all-layers")
+    frames = agent_frames(agent, args.real_frames, seed=args.seed)
+    stats = _color_stats(checkpoint, agent, frames)
+    summary = visualize_layers(
+        agent, layers, args.channels, objective=args.objective, facets=args.facets, steps=args.steps,
+        thresholds=tuple(int(t) for t in args.thresholds.split(",")) if args.thresholds else (), lr=args.lr,
+        basis=args.basis, decorrelate=not args.no_decorrelate, color_matrix=stats.matrix,
+        transforms=not args.no_transforms, tv=args.tv, l2=args.l2, diversity=args.diversity, seed=args.seed,
+        out_dir=args.out, real_frames=frames,
+    )
+    print(f"wrote {summary['out_dir']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxinterp", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -217,6 +263,29 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--method", default="ig", choices=["ig", "gxa"])
     at.add_argument("--out", required=True)
     at.set_defaults(func=cmd_attribution)
+
+    v = sub.add_parser("visualize", help="feature visualization of every channel of a layer, in one jitted call")
+    _checkpoint_arg(v)
+    v.add_argument("--layer", help="layer name(s), comma-separated")
+    v.add_argument("--all-layers", action="store_true", help="every spatial layer (pre-relu names)")
+    v.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
+    v.add_argument("--objective", default="channel",
+                   help="channel | neuron | 'L:7 - 0.5*L:3' | action:2 | value | deepdream:L ... (see README)")
+    v.add_argument("--facets", type=int, default=1)
+    v.add_argument("--steps", type=int, default=512)
+    v.add_argument("--thresholds", help="steps at which to keep images too, e.g. 64,256")
+    v.add_argument("--lr", type=float, default=0.05)
+    v.add_argument("--basis", default="fft", choices=["fft", "pixel"])
+    v.add_argument("--no-decorrelate", action="store_true")
+    v.add_argument("--no-transforms", action="store_true")
+    v.add_argument("--tv", type=float, default=0.0)
+    v.add_argument("--l2", type=float, default=0.0)
+    v.add_argument("--diversity", type=float, default=0.0, help="facet diversity weight (needs --facets > 1)")
+    v.add_argument("--real-frames", type=int, default=1024,
+                   help="frames of the agent's play for percentiles and colour statistics")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True)
+    v.set_defaults(func=cmd_visualize)
     return p
 
 

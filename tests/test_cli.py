@@ -105,3 +105,17 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
                  "--target", "action:3", "--method", "gxa", "--out", str(att)]) == 0
     saved = np.load(next(att.glob("*.npz")))
     assert saved["attributions"].shape[:1] == (2,) and list(saved["frames"]) == [0, 5]
+
+
+def test_visualize_writes_pngs_sheet_and_npz(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "vis"
+    args = ["visualize", "--checkpoint", str(checkpoint), "--layer", "conv_seqs.1.res_block1", "--channels", "0,3",
+            "--steps", "8", "--real-frames", "64", "--out", str(out)]
+    assert main(args) == 0
+    folder = out / "conv_seqs_1_res_block1"
+    assert {p.name for p in folder.iterdir()} >= {"channel_000.png", "channel_003.png", "sheet.png", "images.npz"}
+    assert len(list((tmp_path / "cache" / "jaxinterp" / "color").glob("*.json"))) == 1  # fitted once, cached
+    assert "p99" in capsys.readouterr().out
+    assert main(args[:5] + ["--channels", "99", "--out", str(out)]) == 2
+    assert "99" in capsys.readouterr().err
