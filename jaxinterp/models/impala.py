@@ -74,6 +74,15 @@ def _heads(rec: _Recorder, h: jax.Array, num_actions: int, logits: str, value: s
     return rec.acts
 
 
+def _impala(rec: _Recorder, x: jax.Array, channels, stage, names: tuple[str, ...], fc: str) -> jax.Array:
+    """The IMPALA trunk: stages, relu, flatten, dense 256, relu (``stage(i)`` names stage ``i``)."""
+    for i, ch in enumerate(channels):
+        x = _impala_stage(rec, x, stage(i), names, ch)
+    # The network applies relu to the last stage's output before flattening.
+    x = rec(f"{stage(len(channels) - 1)}.relu", nn.relu(x))
+    return rec.relu(fc, nn.Dense(256, kernel_init=_HIDDEN, name=fc)(_flatten(x)))
+
+
 class ImpalaCNN(nn.Module):
     """pfrl's IMPALA CNN (train-procgen-pfrl): ``conv_seqs.{i}``, ``hidden_fc``, ``logits_fc``, ``value_fc``."""
 
@@ -84,11 +93,7 @@ class ImpalaCNN(nn.Module):
     def __call__(self, x: jax.Array, perturb: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         rec = _Recorder(perturb)
         names = ("conv", "max_pool2d", "res_block0", "res_block1", "conv0", "conv1")
-        for i, ch in enumerate(self.channels):
-            x = _impala_stage(rec, x, f"conv_seqs.{i}", names, ch)
-        # The network applies relu to the last stage's output before flattening.
-        x = rec(f"conv_seqs.{len(self.channels) - 1}.relu", nn.relu(x))
-        h = rec.relu("hidden_fc", nn.Dense(256, kernel_init=_HIDDEN, name="hidden_fc")(_flatten(x)))
+        h = _impala(rec, x, self.channels, lambda i: f"conv_seqs.{i}", names, "hidden_fc")
         return _heads(rec, h, self.num_actions, "logits_fc", "value_fc")
 
 
@@ -105,11 +110,8 @@ class ProcgenToolsImpala(nn.Module):
     def __call__(self, x: jax.Array, perturb: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         rec = _Recorder(perturb)
         names = ("conv", "max_pool", "res1", "res2", "conv1", "conv2")
-        for i, ch in enumerate(self.channels):
-            x = _impala_stage(rec, x, f"embedder.block{i + 1}", names, ch)
-        x = rec(f"embedder.block{len(self.channels)}.relu", nn.relu(x))
-        h = rec.relu("embedder.fc", nn.Dense(256, kernel_init=_HIDDEN, name="embedder.fc")(_flatten(x)))
-        h = rec("embedder", h)
+        h = _impala(rec, x, self.channels, lambda i: f"embedder.block{i + 1}", names, "embedder.fc")
+        h = rec("embedder", h)  # the embedder's output: its post-relu fc
         return _heads(rec, h, self.num_actions, "fc_policy", "fc_value")
 
 
