@@ -18,7 +18,7 @@ from jaxinterp.envs.heist import HeistConfig
 from jaxinterp.envs.rollout import agent_policy, collect, random_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from torch_models import random_model  # noqa: E402
+from torch_models import random_model
 
 
 def best_of(fn, repeats: int) -> float:
@@ -49,10 +49,10 @@ def main() -> None:
         jax.block_until_ready(apply(agent.params, obs))
         tobs = torch.as_tensor(obs)
 
-        def flax_fwd():
+        def flax_fwd(obs=obs):
             jax.block_until_ready(apply(agent.params, obs))
 
-        def torch_fwd():
+        def torch_fwd(tobs=tobs):
             with torch.inference_mode():
                 model(tobs)
 
