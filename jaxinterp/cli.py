@@ -191,7 +191,7 @@ def cmd_visualize(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxinterp", description=__doc__)
+    p = argparse.ArgumentParser(prog="jaxinterp", description="Interpretability for Procgen Heist agents, in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train-agent", help="train a Heist agent with PPO (resumable: rerun to continue)")
