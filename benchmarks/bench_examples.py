@@ -16,6 +16,11 @@ same frames from it, with the very same weights (a random `impala` torch model, 
 * torch, "hook+stop": the same, but the hook raises to stop the forward at the layer (what a careful user does;
   jaxinterp's jit drops the unused later layers by itself).
 
+jaxinterp runs at B = 32 too: XLA's per-call temp buffer is then under glibc's 32 MB mmap threshold and is reused,
+while at B >= 64 it is mmapped and unmapped on every call (~130 page faults per frame, ~20% of the CPU time).
+Besides wall-clock frames/s, the process CPU time (user + sys) per frame is reported: other jobs on the cores move
+wall time a lot and CPU time much less.
+
 Timings alternate between the frameworks in one process (best of ``--repeats``), so machine noise hits both; the
 ratio is what to compare. Agreement: jaxinterp is run once more with ``dedupe=False`` (the exact torch job) and
 its top-k frames per channel compared with torch's slot by slot, allowing float ties; the timed default result is

@@ -44,8 +44,10 @@ __all__ = [
 
 FrameScore = Literal["max", "mean"]
 
-DEFAULT_BATCH_SIZE = 256
-"""Frames per jitted step: big enough to amortize dispatch, small enough for the per-step candidate top-k."""
+DEFAULT_BATCH_SIZE = 32
+"""Frames per jitted step. Measured on CPU (benchmarks/RESULTS.md): at 64 frames and more XLA's temporary buffer
+passes glibc's mmap threshold and is mapped and unmapped on every call (~20% of the CPU in page faults); 32 was
+13-34% faster than 256 and still amortizes dispatch."""
 
 EMPTY = -1
 """Frame index of a slot no frame has filled yet (fewer frames seen than slots)."""
