@@ -144,7 +144,7 @@ def cmd_attribution(args) -> None:
     print(f"wrote {png}")
 
 
-def _color_stats(checkpoint: Path, agent, frames: np.ndarray):
+def _color_stats(checkpoint: Path, frames: np.ndarray):
     """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached."""
     import hashlib
     import os
@@ -179,7 +179,7 @@ def cmd_visualize(args) -> None:
     else:
         raise JaxinterpError("give --layer NAME[,NAME...] or --all-layers")
     frames = agent_frames(agent, args.real_frames, seed=args.seed)
-    stats = _color_stats(checkpoint, agent, frames)
+    stats = _color_stats(checkpoint, frames)
     summary = visualize_layers(
         agent, layers, args.channels, objective=args.objective, facets=args.facets, steps=args.steps,
         thresholds=tuple(int(t) for t in args.thresholds.split(",")) if args.thresholds else (), lr=args.lr,
