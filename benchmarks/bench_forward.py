@@ -41,8 +41,10 @@ def main() -> None:
     agent = jaxinterp.agent_from_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
     apply = jax.jit(agent.apply)
     rng = np.random.default_rng(0)
-    print(f"# {args.arch}; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+    print(
+        f"# {args.arch}; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
     print("| batch | flax ms | torch ms | torch/flax |\n|---|---|---|---|")
     for b in map(int, args.batches.split(",")):
         obs = rng.integers(0, 256, (b, 64, 64, 3), dtype=np.uint8)
@@ -65,7 +67,9 @@ def main() -> None:
     print("\n| rollout (64 envs, 8192 frames) | frames/s |\n|---|---|")
     for name, policy in (("random policy", random_policy()), ("agent policy (sampled)", agent_policy(agent))):
         with tempfile.TemporaryDirectory() as d:
-            collect(d, frames=64 * 4, policy=policy, env_config=HeistConfig(64), seed=0, progress=False)  # compile
+            collect(
+                d, frames=64 * 4, policy=policy, env_config=HeistConfig(64), seed=0, progress=False
+            )  # compile
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
             collect(d, frames=8192, policy=policy, env_config=HeistConfig(64), seed=0, progress=False)

@@ -1,6 +1,6 @@
 """Feature-visualization parameterizations on the same channels: pixel vs FFT, decorrelation, transforms.
 
-Five variants, each through ``jaxinterp.featviz.run.visualize_layers`` into its own folder (same seed, steps and
+Five variants, each through ``jaxinterp.report.featviz.visualize_layers`` into its own folder (same seed, steps and
 Adam learning rate; the sigmoid is always on):
 
 * ``pixel``                — pixel basis, no decorrelation, no transforms (naive gradient ascent)
@@ -98,8 +98,9 @@ def main() -> None:
     from jaxinterp.agent.export import agent_frames
     from jaxinterp.featviz import objectives as obj
     from jaxinterp.featviz import param as param_lib
-    from jaxinterp.featviz.run import layer_stem, parse_channels, real_frame_values, visualize_layers
+    from jaxinterp.models.agent import parse_channels
     from jaxinterp.report import images as report_images
+    from jaxinterp.report.featviz import real_frame_values, visualize_layers
 
     agent, what = load(args.checkpoint)
     n = agent.layer_shapes[agent.check_layers([args.layer])[0]][-1]
@@ -186,7 +187,7 @@ def main() -> None:
         title=f"{args.layer}: top row the real frame with the highest channel mean, then "
         + ", ".join(finals),
     )
-    print(f"\n# sheets: {out}/<variant>/{layer_stem(args.layer)}/sheet.png, comparison: {path}")
+    print(f"\n# sheets: {out}/<variant>/{report_images.file_stem(args.layer)}/sheet.png, comparison: {path}")
     print(f"# wall time {time.perf_counter() - wall:.0f} s")
 
 

@@ -36,8 +36,13 @@ def cmd_train_agent(args) -> None:
     from jaxinterp.agent.train import train
 
     fields = _parse_config(args.config) | ({"arch": args.arch} if args.arch else {})
-    state = train(PPOConfig.from_dict(fields), args.out, frames=args.frames, seed=args.seed,
-                  checkpoint_every_s=args.checkpoint_every)
+    state = train(
+        PPOConfig.from_dict(fields),
+        args.out,
+        frames=args.frames,
+        seed=args.seed,
+        checkpoint_every_s=args.checkpoint_every,
+    )
     print(f"{int(state.frames):,} frames trained; checkpoints in {Path(args.out) / 'checkpoints'}")
 
 
@@ -53,7 +58,9 @@ def cmd_info(args) -> None:
     path = args.file or default_checkpoint()
     agent = load_agent(path)
     print(f"{path}\narchitecture: {agent.arch.name} ({agent.arch.description})")
-    print(f"actions: {agent.num_actions}\nparameters: {agent.num_params:,}\nlayers ({len(agent.layer_shapes)}):")
+    print(
+        f"actions: {agent.num_actions}\nparameters: {agent.num_params:,}\nlayers ({len(agent.layer_shapes)}):"
+    )
     width = max(map(len, agent.layer_shapes))
     for name, shape in agent.layer_shapes.items():
         print(f"  {name:<{width}}  {' x '.join(map(str, shape))}")
@@ -98,12 +105,14 @@ def cmd_export_agent(args) -> None:
 
     card = export_agent(args.run_dir, args.out, episodes=args.episodes, seed=args.seed)
     e = card["evaluation"]
-    print(f"exported {card['frames_trained']:,}-frame agent to {args.out}.*: success {e['agent']['success_rate']:.1%}"
-          f" (random {e['random']['success_rate']:.1%}) on {e['episodes']} unseen episodes")
+    print(
+        f"exported {card['frames_trained']:,}-frame agent to {args.out}.*: success {e['agent']['success_rate']:.1%}"
+        f" (random {e['random']['success_rate']:.1%}) on {e['episodes']} unseen episodes"
+    )
 
 
 def _channels(agent, layer: str, spec: str | None) -> list[int] | None:
-    from jaxinterp.featviz.run import parse_channels
+    from jaxinterp.models.agent import parse_channels
 
     layer = agent.check_layers([layer])[0]
     return None if spec in (None, "all") else parse_channels(spec, agent.layer_shapes[layer][-1], repr(layer))
@@ -112,19 +121,28 @@ def _channels(agent, layer: str, spec: str | None) -> list[int] | None:
 def cmd_examples(args) -> None:
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.examples.find import find_examples
-    from jaxinterp.examples.sheets import write_sheets
+    from jaxinterp.report.examples import write_sheets
 
     agent = _agent(args)
     channels = _channels(agent, args.layer, args.channels)
-    result = find_examples(agent, args.layer, Dataset(args.dataset), channels=channels, k=args.k,
-                           diversity=args.diversity, diversity_on=args.diversity_on, progress=True)
+    result = find_examples(
+        agent,
+        args.layer,
+        Dataset(args.dataset),
+        channels=channels,
+        k=args.k,
+        diversity=args.diversity,
+        diversity_on=args.diversity_on,
+        progress=True,
+    )
     paths = write_sheets(result, args.out)
     print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
 
 
 def cmd_attribution(args) -> None:
     from jaxinterp.envs.dataset import Dataset
-    from jaxinterp.examples.attribution import gradient_x_activation, integrated_gradients, write_saliency
+    from jaxinterp.examples.attribution import gradient_x_activation, integrated_gradients
+    from jaxinterp.report.heatmaps import write_saliency
 
     agent = _agent(args)
     ds = Dataset(args.dataset)
@@ -138,8 +156,13 @@ def cmd_attribution(args) -> None:
     values = getattr(attr, "values", attr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = write_saliency(out / f"{args.method}_{args.target.replace(':', '')}_{args.layer}.png", agent, frames,
-                         values, layer=args.layer)
+    png = write_saliency(
+        out / f"{args.method}_{args.target.replace(':', '')}_{args.layer}.png",
+        agent,
+        frames,
+        values,
+        layer=args.layer,
+    )
     np.savez(out / f"{png.stem}.npz", frames=np.asarray(index), attributions=np.asarray(values))
     print(f"wrote {png}")
 
@@ -167,7 +190,7 @@ def _color_stats(checkpoint: Path, frames: np.ndarray):
 
 def cmd_visualize(args) -> None:
     from jaxinterp.agent.export import agent_frames
-    from jaxinterp.featviz.run import visualize_layers
+    from jaxinterp.report.featviz import visualize_layers
     from jaxinterp.weights.store import default_checkpoint
 
     checkpoint = Path(args.checkpoint or default_checkpoint())
@@ -181,39 +204,64 @@ def cmd_visualize(args) -> None:
     frames = agent_frames(agent, args.real_frames, seed=args.seed)
     stats = _color_stats(checkpoint, frames)
     summary = visualize_layers(
-        agent, layers, args.channels, objective=args.objective, facets=args.facets, steps=args.steps,
-        thresholds=tuple(int(t) for t in args.thresholds.split(",")) if args.thresholds else (), lr=args.lr,
-        basis=args.basis, decorrelate=not args.no_decorrelate, color_matrix=stats.matrix,
-        transforms=not args.no_transforms, tv=args.tv, l2=args.l2, diversity=args.diversity, seed=args.seed,
-        out_dir=args.out, real_frames=frames,
+        agent,
+        layers,
+        args.channels,
+        objective=args.objective,
+        facets=args.facets,
+        steps=args.steps,
+        thresholds=tuple(int(t) for t in args.thresholds.split(",")) if args.thresholds else (),
+        lr=args.lr,
+        basis=args.basis,
+        decorrelate=not args.no_decorrelate,
+        color_matrix=stats.matrix,
+        transforms=not args.no_transforms,
+        tv=args.tv,
+        l2=args.l2,
+        diversity=args.diversity,
+        seed=args.seed,
+        out_dir=args.out,
+        real_frames=frames,
     )
     print(f"wrote {summary['out_dir']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxinterp", description="Interpretability for Procgen Heist agents, in JAX.")
+    p = argparse.ArgumentParser(
+        prog="jaxinterp", description="Interpretability for Procgen Heist agents, in JAX."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train-agent", help="train a Heist agent with PPO (resumable: rerun to continue)")
     t.add_argument("--frames", type=int, required=True, help="total environment frames to train to")
-    t.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, learning_curve.png)")
+    t.add_argument(
+        "--out", required=True, help="run directory (checkpoints, metrics.jsonl, learning_curve.png)"
+    )
     t.add_argument("--arch", help="impala (default), impala-procgen-tools or interpretable-cnn")
-    t.add_argument("--config", help="JSON file or key=value,... overriding PPO defaults (e.g. update_epochs=1)")
+    t.add_argument(
+        "--config", help="JSON file or key=value,... overriding PPO defaults (e.g. update_epochs=1)"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     t.set_defaults(func=cmd_train_agent)
 
-    i = sub.add_parser("info", help="architecture, actions, parameters and every layer's shape of a checkpoint")
+    i = sub.add_parser(
+        "info", help="architecture, actions, parameters and every layer's shape of a checkpoint"
+    )
     i.add_argument("file", nargs="?", help="checkpoint (default: the shipped agent)")
     i.set_defaults(func=cmd_info)
 
-    c = sub.add_parser("convert", help="convert weights: the format follows OUT's suffix (.pt, .safetensors) "
-                       "or a directory for orbax")
+    c = sub.add_parser(
+        "convert",
+        help="convert weights: the format follows OUT's suffix (.pt, .safetensors) or a directory for orbax",
+    )
     c.add_argument("input")
     c.add_argument("output")
     c.set_defaults(func=cmd_convert)
 
-    r = sub.add_parser("rollout", help="record Heist play (frames, actions, rewards, activations) to a dataset")
+    r = sub.add_parser(
+        "rollout", help="record Heist play (frames, actions, rewards, activations) to a dataset"
+    )
     _checkpoint_arg(r)
     r.add_argument("--random", action="store_true", help="random actions instead of an agent")
     r.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
@@ -227,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--start-level", type=int, default=0)
     r.set_defaults(func=cmd_rollout)
 
-    e = sub.add_parser("evaluate", help="mean return (95%% interval) and success rate, beside the random policy")
+    e = sub.add_parser(
+        "evaluate", help="mean return (95%% interval) and success rate, beside the random policy"
+    )
     e.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped agent)")
     e.add_argument("--episodes", type=int, default=1000)
     e.add_argument("--levels", default="unseen", choices=["unseen", "train"])
@@ -236,25 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the results to this JSON file")
     e.set_defaults(func=cmd_evaluate)
 
-    x = sub.add_parser("export-agent", help="export a training run: .pt, .safetensors, colour stats, model card")
+    x = sub.add_parser(
+        "export-agent", help="export a training run: .pt, .safetensors, colour stats, model card"
+    )
     x.add_argument("run_dir")
     x.add_argument("out", help="output stem, e.g. weights/heist-impala")
     x.add_argument("--episodes", type=int, default=1000)
     x.add_argument("--seed", type=int, default=0)
     x.set_defaults(func=cmd_export_agent)
 
-    ex = sub.add_parser("examples", help="top-activating frames and diverse receptive-field patches per channel")
+    ex = sub.add_parser(
+        "examples", help="top-activating frames and diverse receptive-field patches per channel"
+    )
     _checkpoint_arg(ex)
     ex.add_argument("--layer", required=True)
     ex.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
     ex.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
     ex.add_argument("--k", type=int, default=16)
-    ex.add_argument("--diversity", type=float, default=0.0, help="cosine-similarity penalty weight (0: top-k)")
+    ex.add_argument(
+        "--diversity", type=float, default=0.0, help="cosine-similarity penalty weight (0: top-k)"
+    )
     ex.add_argument("--diversity-on", default="activations", choices=["activations", "pixels"])
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
 
-    at = sub.add_parser("attribution", help="saliency overlays: gradient x activation or integrated gradients")
+    at = sub.add_parser(
+        "attribution", help="saliency overlays: gradient x activation or integrated gradients"
+    )
     _checkpoint_arg(at)
     at.add_argument("--dataset", required=True)
     at.add_argument("--frames", required=True, help="comma-separated dataset rows, e.g. 0,100,2000")
@@ -264,13 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--out", required=True)
     at.set_defaults(func=cmd_attribution)
 
-    v = sub.add_parser("visualize", help="feature visualization of every channel of a layer, in one jitted call")
+    v = sub.add_parser(
+        "visualize", help="feature visualization of every channel of a layer, in one jitted call"
+    )
     _checkpoint_arg(v)
     v.add_argument("--layer", help="layer name(s), comma-separated")
     v.add_argument("--all-layers", action="store_true", help="every spatial layer (pre-relu names)")
     v.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
-    v.add_argument("--objective", default="channel",
-                   help="channel | neuron | 'L:7 - 0.5*L:3' | action:2 | value | deepdream:L ... (see README)")
+    v.add_argument(
+        "--objective",
+        default="channel",
+        help="channel | neuron | 'L:7 - 0.5*L:3' | action:2 | value | deepdream:L ... (see README)",
+    )
     v.add_argument("--facets", type=int, default=1)
     v.add_argument("--steps", type=int, default=512)
     v.add_argument("--thresholds", help="steps at which to keep images too, e.g. 64,256")
@@ -281,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tv", type=float, default=0.0)
     v.add_argument("--l2", type=float, default=0.0)
     v.add_argument("--diversity", type=float, default=0.0, help="facet diversity weight (needs --facets > 1)")
-    v.add_argument("--real-frames", type=int, default=1024,
-                   help="frames of the agent's play for percentiles and colour statistics")
+    v.add_argument(
+        "--real-frames",
+        type=int,
+        default=1024,
+        help="frames of the agent's play for percentiles and colour statistics",
+    )
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", required=True)
     v.set_defaults(func=cmd_visualize)

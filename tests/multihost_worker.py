@@ -21,17 +21,8 @@ SEED = 3
 def tiny_agent():
     """A 4-channel IMPALA net: the smallest that still has pooling and residual blocks."""
     from jaxinterp.models.agent import Agent
-    from jaxinterp.models.impala import ARCHITECTURES
-    from jaxinterp.weights.convert import init_params
 
-    arch = ARCHITECTURES["impala"]
-    widths = (4, 4, 4)
-    return Agent(
-        arch,
-        init_params(arch, jax.random.key(0), num_actions=15, channels=widths),
-        num_actions=15,
-        channels=widths,
-    )
+    return Agent.random("impala", channels=(4, 4, 4))
 
 
 # XLA's backend optimizations cost more compile time than these short runs save (measured ~3x faster compiles).

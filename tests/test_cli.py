@@ -10,14 +10,11 @@ import jaxinterp
 import jaxinterp.agent.train
 import jaxinterp.envs.dataset
 from jaxinterp.cli import main
-from jaxinterp.models.impala import ARCHITECTURES
-from jaxinterp.weights.convert import init_params
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    a = ARCHITECTURES["impala"]
-    agent = jaxinterp.Agent(a, init_params(a, jax.random.key(7), num_actions=15), num_actions=15)
+    agent = jaxinterp.Agent.random("impala", seed=7)
     return jaxinterp.save_agent(agent, tmp_path_factory.mktemp("ckpt") / "agent.pt")
 
 
@@ -25,7 +22,9 @@ def test_info_lists_layers(checkpoint, capsys):
     assert main(["info", str(checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "architecture: impala" in out and "actions: 15" in out and "626,256" in out
-    assert any(line.split() == ["conv_seqs.2.res_block1", "8", "x", "8", "x", "32"] for line in out.splitlines())
+    assert any(
+        line.split() == ["conv_seqs.2.res_block1", "8", "x", "8", "x", "32"] for line in out.splitlines()
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ""])
@@ -45,8 +44,22 @@ def test_errors_are_one_line(tmp_path, capsys, checkpoint, monkeypatch):
     monkeypatch.setenv("JAXINTERP_WEIGHTS", str(tmp_path / "nowhere"))
     assert main(["info"]) == 2
     assert "train-agent" in capsys.readouterr().err
-    assert main(["rollout", "--checkpoint", str(checkpoint), "--frames", "8", "--out", str(tmp_path / "d"),
-                 "--layers", "nope"]) == 2
+    assert (
+        main(
+            [
+                "rollout",
+                "--checkpoint",
+                str(checkpoint),
+                "--frames",
+                "8",
+                "--out",
+                str(tmp_path / "d"),
+                "--layers",
+                "nope",
+            ]
+        )
+        == 2
+    )
     assert "valid layers" in capsys.readouterr().err
     assert main(["convert", str(checkpoint), str(tmp_path / "x.onnx")]) == 2
     assert "unsupported output" in capsys.readouterr().err
@@ -54,8 +67,19 @@ def test_errors_are_one_line(tmp_path, capsys, checkpoint, monkeypatch):
 
 def test_rollout_with_agent_activations(checkpoint, tmp_path):
     out = tmp_path / "data"
-    args = ["rollout", "--checkpoint", str(checkpoint), "--frames", "32", "--num-envs", "4", "--out", str(out),
-            "--layers", "conv_seqs.0.conv"]
+    args = [
+        "rollout",
+        "--checkpoint",
+        str(checkpoint),
+        "--frames",
+        "32",
+        "--num-envs",
+        "4",
+        "--out",
+        str(out),
+        "--layers",
+        "conv_seqs.0.conv",
+    ]
     assert main(args) == 0
     ds = jaxinterp.envs.dataset.Dataset(out)
     assert len(ds) == 32
@@ -93,16 +117,72 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
     data = tmp_path / "data"
     assert main(["rollout", "--random", "--frames", "64", "--num-envs", "4", "--out", str(data)]) == 0
     out = tmp_path / "ex"
-    assert main(["examples", "--checkpoint", str(checkpoint), "--layer", "conv_seqs.1.res_block1", "--dataset",
-                 str(data), "--channels", "0-1", "--k", "4", "--diversity", "0.5", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["conv_seqs_1_res_block1_0000.png",
-                                                         "conv_seqs_1_res_block1_0001.png"]
-    assert main(["examples", "--checkpoint", str(checkpoint), "--layer", "conv_seqs.1.res_block1", "--dataset",
-                 str(data), "--channels", "40", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "examples",
+                "--checkpoint",
+                str(checkpoint),
+                "--layer",
+                "conv_seqs.1.res_block1",
+                "--dataset",
+                str(data),
+                "--channels",
+                "0-1",
+                "--k",
+                "4",
+                "--diversity",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "conv_seqs_1_res_block1_0000.png",
+        "conv_seqs_1_res_block1_0001.png",
+    ]
+    assert (
+        main(
+            [
+                "examples",
+                "--checkpoint",
+                str(checkpoint),
+                "--layer",
+                "conv_seqs.1.res_block1",
+                "--dataset",
+                str(data),
+                "--channels",
+                "40",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "out of range" in capsys.readouterr().err
     att = tmp_path / "att"
-    assert main(["attribution", "--checkpoint", str(checkpoint), "--dataset", str(data), "--frames", "0,5",
-                 "--target", "action:3", "--method", "gxa", "--out", str(att)]) == 0
+    assert (
+        main(
+            [
+                "attribution",
+                "--checkpoint",
+                str(checkpoint),
+                "--dataset",
+                str(data),
+                "--frames",
+                "0,5",
+                "--target",
+                "action:3",
+                "--method",
+                "gxa",
+                "--out",
+                str(att),
+            ]
+        )
+        == 0
+    )
     saved = np.load(next(att.glob("*.npz")))
     assert saved["attributions"].shape[:1] == (2,) and list(saved["frames"]) == [0, 5]
 
@@ -110,11 +190,29 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
 def test_visualize_writes_pngs_sheet_and_npz(checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "vis"
-    args = ["visualize", "--checkpoint", str(checkpoint), "--layer", "conv_seqs.1.res_block1", "--channels", "0,3",
-            "--steps", "8", "--real-frames", "64", "--out", str(out)]
+    args = [
+        "visualize",
+        "--checkpoint",
+        str(checkpoint),
+        "--layer",
+        "conv_seqs.1.res_block1",
+        "--channels",
+        "0,3",
+        "--steps",
+        "8",
+        "--real-frames",
+        "64",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     folder = out / "conv_seqs_1_res_block1"
-    assert {p.name for p in folder.iterdir()} >= {"channel_000.png", "channel_003.png", "sheet.png", "images.npz"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "channel_000.png",
+        "channel_003.png",
+        "sheet.png",
+        "images.npz",
+    }
     assert len(list((tmp_path / "cache" / "jaxinterp" / "color").glob("*.json"))) == 1  # fitted once, cached
     assert "p99" in capsys.readouterr().out
     assert main(args[:5] + ["--channels", "99", "--out", str(out)]) == 2

@@ -12,6 +12,7 @@ from test_examples_support import random_agent
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples import attribution as attr
 from jaxinterp.models.agent import Agent, preprocess
+from jaxinterp.report import heatmaps
 
 LAYER = "conv_seqs.1.res_block0"
 
@@ -81,7 +82,7 @@ def test_integrated_gradients_completeness(layer, target):
 def test_saliency_overlay_png(tmp_path):
     agent = biased_agent()
     a = attr.gradient_x_activation(agent, frames(2), 0, layer=LAYER)
-    path = attr.write_saliency(tmp_path / "s.png", agent, frames(2), a, layer=LAYER, signed=True, scale=1)
+    path = heatmaps.write_saliency(tmp_path / "s.png", agent, frames(2), a, layer=LAYER, signed=True, scale=1)
     with Image.open(path) as im:
         assert im.size == (2 * 64, 2 * 64)
     assert attr.saliency(a).shape == (2, 16, 16) and (attr.saliency(a) >= 0).all()

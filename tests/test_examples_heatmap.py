@@ -8,6 +8,7 @@ from test_examples_support import random_agent
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples import features, find, heatmap, receptive
+from jaxinterp.report import heatmaps
 
 LAYER = "conv_seqs.1.res_block0"
 
@@ -82,10 +83,10 @@ def test_overlays_and_feature_heatmap_pngs(tmp_path):
     np.testing.assert_array_equal(over, f)  # alpha 0: just the frame
     colours = heatmap.colorize(heat)
     assert colours.shape == (3, 64, 64, 3) and colours.dtype == np.uint8
-    path = heatmap.write_overlays(tmp_path / "o.png", f, heat, scale=2)
+    path = heatmaps.write_overlays(tmp_path / "o.png", f, heat, scale=2)
     with Image.open(path) as im:
         assert im.size == (3 * 64 * 2, 2 * 64 * 2)
-    paths = heatmap.write_feature_heatmaps(random_agent(), LAYER, f, tmp_path / "maps", channels=[1, 4])
+    paths = heatmaps.write_feature_heatmaps(random_agent(), LAYER, f, tmp_path / "maps", channels=[1, 4])
     assert [p.name for p in paths] == ["conv_seqs_1_res_block0_0001.png", "conv_seqs_1_res_block0_0004.png"]
     with pytest.raises(JaxinterpError, match="upsample"):
         heatmap.overlay(f, heat[:, :8, :8])

@@ -9,7 +9,8 @@ from PIL import Image
 from test_examples_support import random_agent
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples import features, find, patches, receptive, sheets, topk
+from jaxinterp.examples import features, find, patches, receptive, topk
+from jaxinterp.report import examples as sheets
 
 LAYER = "conv_seqs.1.res_block0"  # a residual sum: signed, so frame maxima and minima have no ties
 

@@ -8,8 +8,6 @@ import pytest
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
 from jaxinterp.models.agent import Agent
-from jaxinterp.models.impala import ARCHITECTURES
-from jaxinterp.weights.convert import init_params
 
 L = "conv_seqs.0.res_block0"
 B, H, W, C = 3, 8, 8, 4
@@ -17,14 +15,7 @@ B, H, W, C = 3, 8, 8, 4
 
 @pytest.fixture(scope="module")
 def agent():
-    arch = ARCHITECTURES["impala"]
-    widths = (4, 4, 4)
-    return Agent(
-        arch,
-        init_params(arch, jax.random.key(0), num_actions=15, channels=widths),
-        num_actions=15,
-        channels=widths,
-    )
+    return Agent.random("impala", channels=(4, 4, 4))
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,9 @@ def test_custom_vjp_conv_inside_scan_matches_loop():
 
 
 def _reduce_window_max_pool(x):
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
 
 
 @pytest.mark.parametrize("size", [8, 9, 64])
@@ -100,8 +101,7 @@ def test_parity_with_torch_on_heist_frames(arch, heist_frames):
 
 
 def test_agent_api_and_errors(heist_frames):
-    a = ARCHITECTURES["impala"]
-    agent = jaxinterp.Agent(a, init_params(a, num_actions=15), num_actions=15)
+    agent = jaxinterp.Agent.random("impala")
     logits, value = agent(heist_frames)
     assert logits.shape == (16, 15) and value.shape == (16,)
     assert agent.layer_shapes["conv_seqs.2.res_block1"] == (8, 8, 32)

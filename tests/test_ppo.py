@@ -24,7 +24,9 @@ def test_gae_matches_hand_computed_example():
     a2 = delta2
     a1 = delta1
     a0 = delta0 + g * lam * a1
-    traj = Transition(None, None, None, jnp.array(v)[:, None], jnp.array(r)[:, None], jnp.array(d)[:, None] > 0)
+    traj = Transition(
+        None, None, None, jnp.array(v)[:, None], jnp.array(r)[:, None], jnp.array(d)[:, None] > 0
+    )
     adv, ret = compute_gae(traj, jnp.array([last]), g, lam)
     np.testing.assert_allclose(adv[:, 0], [a0, a1, a2], rtol=1e-6)
     np.testing.assert_allclose(ret[:, 0], np.array([a0, a1, a2]) + v, rtol=1e-6)
@@ -47,8 +49,14 @@ def test_jitted_minibatch_step_equals_unjitted_reference():
     trainer = make_train(TINY)
     state = trainer.init(jax.random.key(1))
     traj = _fake_traj(trainer, jax.random.key(2))
-    mb = {"obs": traj.obs[0], "action": traj.action[0], "logp": traj.logp[0], "value": traj.value[0],
-          "adv": traj.reward[0] - 0.5, "ret": traj.reward[0]}
+    mb = {
+        "obs": traj.obs[0],
+        "action": traj.action[0],
+        "logp": traj.logp[0],
+        "value": traj.value[0],
+        "adv": traj.reward[0] - 0.5,
+        "ret": traj.reward[0],
+    }
     jitted = jax.jit(trainer.minibatch_step)(state.params, state.opt_state, mb)
     with jax.disable_jit():
         ref = trainer.minibatch_step(state.params, state.opt_state, mb)
@@ -64,7 +72,14 @@ def test_scanned_update_equals_host_loop_of_minibatch_steps():
 
     # the same epochs and permutations, stepped one minibatch at a time from the host
     adv, ret = compute_gae(traj, last_value, TINY.gamma, TINY.gae_lambda)
-    flat = {"obs": traj.obs, "action": traj.action, "logp": traj.logp, "value": traj.value, "adv": adv, "ret": ret}
+    flat = {
+        "obs": traj.obs,
+        "action": traj.action,
+        "logp": traj.logp,
+        "value": traj.value,
+        "adv": adv,
+        "ret": ret,
+    }
     flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), flat)
     _, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
     params, opt_state = state.params, state.opt_state
@@ -72,7 +87,9 @@ def test_scanned_update_equals_host_loop_of_minibatch_steps():
     for k in jax.random.split(k_epochs, TINY.update_epochs):
         for idx in jax.random.permutation(k, TINY.frames_per_iteration).reshape(TINY.num_minibatches, -1):
             params, opt_state, _ = step(params, opt_state, jax.tree.map(lambda x, i=idx: x[i], flat))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), new_state.params, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), new_state.params, params
+    )
 
 
 def test_reward_normalizer_matches_running_statistics():

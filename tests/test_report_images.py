@@ -9,7 +9,8 @@ from PIL import Image
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
-from jaxinterp.featviz import run
+from jaxinterp.models.agent import parse_channels
+from jaxinterp.report import featviz as run
 from jaxinterp.report import images as ri
 
 LAYER = "conv_seqs.0.conv"
@@ -67,7 +68,7 @@ def test_contact_sheet_and_png(tmp_path):
     ],
 )
 def test_parse_channels(spec, want):
-    assert run.parse_channels(spec, 6) == want
+    assert parse_channels(spec, 6) == want
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_parse_channels(spec, want):
 )
 def test_parse_channels_errors(spec, message):
     with pytest.raises(JaxinterpError, match=message) as err:
-        run.parse_channels(spec, 6)
+        parse_channels(spec, 6)
     assert "\n" not in str(err.value)
 
 
@@ -95,7 +96,7 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
     out = tmp_path / "viz"
     first = run.visualize_layers(agent, [LAYER], "0-1", out_dir=out, real_frames=heist_frames, **JOB)
     s = first["layers"][LAYER]
-    folder = out / run.layer_stem(LAYER)
+    folder = out / ri.file_stem(LAYER)
     assert s["computed"] == 2 and not s["skipped"] and s["channels"] == [0, 1]
     for name in ("channel_000.png", "channel_001.png", "sheet.png", "images.npz", "settings.json"):
         assert (folder / name).exists(), name

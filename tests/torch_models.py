@@ -128,7 +128,11 @@ class InterpretableCNN(nn.Module):
         return self.fc3(x), self.value_fc(x)[:, 0]
 
 
-TORCH_MODELS = {"impala": PfrlImpala, "impala-procgen-tools": ProcgenToolsPolicy, "interpretable-cnn": InterpretableCNN}
+TORCH_MODELS = {
+    "impala": PfrlImpala,
+    "impala-procgen-tools": ProcgenToolsPolicy,
+    "interpretable-cnn": InterpretableCNN,
+}
 
 
 def random_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -147,9 +151,11 @@ def hooked_activations(model: nn.Module, obs) -> tuple[dict, tuple]:
     acts, handles = {}, []
     for name, module in model.named_modules():
         if name and not isinstance(module, (nn.ModuleList, nn.Dropout)):
+
             def hook(_m, _i, out, name=name):
                 out = out.detach()
                 acts[name] = (out.permute(0, 2, 3, 1) if out.ndim == 4 else out).numpy()
+
             handles.append(module.register_forward_hook(hook))
     with torch.no_grad():
         logits, value = model(torch.as_tensor(obs))

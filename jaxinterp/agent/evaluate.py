@@ -34,8 +34,10 @@ class Evaluation(NamedTuple):
     mean_length: float
 
     def __str__(self) -> str:
-        return (f"return {self.mean_return:.2f} ± {self.return_ci95:.2f}, success {self.success_rate:.1%} "
-                f"± {self.success_ci95:.1%} ({self.episodes} episodes, mean length {self.mean_length:.0f})")
+        return (
+            f"return {self.mean_return:.2f} ± {self.return_ci95:.2f}, success {self.success_rate:.1%} "
+            f"± {self.success_ci95:.1%} ({self.episodes} episodes, mean length {self.mean_length:.0f})"
+        )
 
     def to_dict(self) -> dict:
         return self._asdict()
@@ -50,8 +52,15 @@ def level_config(levels: str, *, num_envs: int, seed: int, distribution_mode: st
     raise JaxinterpError(f"unknown level set {levels!r}; use 'unseen' or 'train'")
 
 
-def run_episodes(policy: Policy, config: HeistConfig, episodes: int, *, seed: int, progress: bool = True,
-                 desc: str = "evaluate") -> Evaluation:
+def run_episodes(
+    policy: Policy,
+    config: HeistConfig,
+    episodes: int,
+    *,
+    seed: int,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> Evaluation:
     """Play until every env has finished its share of ``episodes``; statistics over exactly ``episodes``."""
     if episodes < 1:
         raise JaxinterpError(f"--episodes must be >= 1, got {episodes}")
@@ -88,13 +97,26 @@ def run_episodes(policy: Policy, config: HeistConfig, episodes: int, *, seed: in
     return Evaluation(len(r), float(r.mean()), float(sem(r)), float(s.mean()), float(sem(s)), float(n.mean()))
 
 
-def evaluate(agent, *, episodes: int = 1000, levels: str = "unseen", seed: int = 0, num_envs: int = 64,
-             greedy: bool = False, distribution_mode: str = "easy", progress: bool = True) -> dict:
+def evaluate(
+    agent,
+    *,
+    episodes: int = 1000,
+    levels: str = "unseen",
+    seed: int = 0,
+    num_envs: int = 64,
+    greedy: bool = False,
+    distribution_mode: str = "easy",
+    progress: bool = True,
+) -> dict:
     """The agent and the random policy on the same levels: ``{"agent": Evaluation, "random": Evaluation}``."""
-    config = level_config(levels, num_envs=min(num_envs, episodes), seed=seed, distribution_mode=distribution_mode)
+    config = level_config(
+        levels, num_envs=min(num_envs, episodes), seed=seed, distribution_mode=distribution_mode
+    )
     return {
-        "agent": run_episodes(agent_policy(agent, greedy=greedy), config, episodes, seed=seed, progress=progress,
-                              desc="agent"),
-        "random": run_episodes(random_policy(agent.num_actions), config, episodes, seed=seed, progress=progress,
-                               desc="random"),
+        "agent": run_episodes(
+            agent_policy(agent, greedy=greedy), config, episodes, seed=seed, progress=progress, desc="agent"
+        ),
+        "random": run_episodes(
+            random_policy(agent.num_actions), config, episodes, seed=seed, progress=progress, desc="random"
+        ),
     }

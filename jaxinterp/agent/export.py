@@ -33,8 +33,9 @@ def agent_frames(agent, frames: int, *, seed: int = 0, num_envs: int = 64) -> np
     return np.concatenate(out)[:frames]
 
 
-def export_agent(run_dir: str | Path, out: str | Path, *, episodes: int = 1000, seed: int = 0,
-                 progress: bool = True) -> dict:
+def export_agent(
+    run_dir: str | Path, out: str | Path, *, episodes: int = 1000, seed: int = 0, progress: bool = True
+) -> dict:
     """Write ``out``.pt/.safetensors/.color.json/.card.json/.md from the run's latest checkpoint; returns the card."""
     agent, meta = load_run_agent(run_dir)
     out = Path(out)
@@ -53,8 +54,10 @@ def export_agent(run_dir: str | Path, out: str | Path, *, episodes: int = 1000, 
         "frames_trained": meta["frames"],
         "ppo_config": meta["ppo"],
         "train_seed": meta["seed"],
-        "train_command": (f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).name} "
-                          f"--config {','.join(f'{k}={v}' for k, v in meta['ppo'].items())} --seed {meta['seed']}"),
+        "train_command": (
+            f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).name} "
+            f"--config {','.join(f'{k}={v}' for k, v in meta['ppo'].items())} --seed {meta['seed']}"
+        ),
         "export_command": "uv run jaxinterp " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None,
         "evaluation": {
             "levels": "unseen",
@@ -73,18 +76,18 @@ def export_agent(run_dir: str | Path, out: str | Path, *, episodes: int = 1000, 
 
 def model_card_markdown(card: dict, results: dict) -> str:
     e = card["evaluation"]
-    return f"""# {card['name']}: a PPO agent for Procgen Heist
+    return f"""# {card["name"]}: a PPO agent for Procgen Heist
 
-- architecture: `{card['architecture']}` ({card['parameters']:,} parameters, {card['num_actions']} actions)
-- trained for {card['frames_trained']:,} frames with jaxinterp's PPO (easy mode, unbounded levels, seed {card['train_seed']})
-- train command: `{card['train_command']}`
+- architecture: `{card["architecture"]}` ({card["parameters"]:,} parameters, {card["num_actions"]} actions)
+- trained for {card["frames_trained"]:,} frames with jaxinterp's PPO (easy mode, unbounded levels, seed {card["train_seed"]})
+- train command: `{card["train_command"]}`
 
-## Evaluation ({e['episodes']} episodes on unseen levels, seed {e['seed']}, {e['policy']})
+## Evaluation ({e["episodes"]} episodes on unseen levels, seed {e["seed"]}, {e["policy"]})
 
 | policy | mean return (95% interval) | success rate |
 |---|---|---|
-| this agent | {results['agent'].mean_return:.2f} ± {results['agent'].return_ci95:.2f} | {results['agent'].success_rate:.1%} ± {results['agent'].success_ci95:.1%} |
-| random | {results['random'].mean_return:.2f} ± {results['random'].return_ci95:.2f} | {results['random'].success_rate:.1%} ± {results['random'].success_ci95:.1%} |
+| this agent | {results["agent"].mean_return:.2f} ± {results["agent"].return_ci95:.2f} | {results["agent"].success_rate:.1%} ± {results["agent"].success_ci95:.1%} |
+| random | {results["random"].mean_return:.2f} ± {results["random"].return_ci95:.2f} | {results["random"].success_rate:.1%} ± {results["random"].success_ci95:.1%} |
 
-Colour decorrelation (fitted on {card['color_stats']['frames']} frames of its play): see `{card['name']}.color.json`.
+Colour decorrelation (fitted on {card["color_stats"]["frames"]} frames of its play): see `{card["name"]}.color.json`.
 """

@@ -83,7 +83,9 @@ class RewardNormalizer(NamedTuple):
     def create(cls, num_envs: int) -> RewardNormalizer:
         return cls(np.zeros(num_envs), np.zeros(()), np.ones(()), np.full((), 1e-4))
 
-    def update(self, reward: np.ndarray, done: np.ndarray, gamma: float) -> tuple[RewardNormalizer, np.ndarray]:
+    def update(
+        self, reward: np.ndarray, done: np.ndarray, gamma: float
+    ) -> tuple[RewardNormalizer, np.ndarray]:
         returns = self.returns * gamma + reward
         b_mean, b_var, b_count = returns.mean(), returns.var(), returns.size
         delta, total = b_mean - self.mean, self.count + b_count
@@ -113,7 +115,9 @@ class Transition(NamedTuple):
     done: jax.Array  # the episode ended with this step
 
 
-def compute_gae(traj: Transition, last_value: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+def compute_gae(
+    traj: Transition, last_value: jax.Array, gamma: float, lam: float
+) -> tuple[jax.Array, jax.Array]:
     """Generalized advantage estimates and value targets, scanning backwards over time."""
 
     def step(carry, t):
@@ -148,7 +152,7 @@ def make_train(config: PPOConfig) -> Trainer:
     """
     arch = get_architecture(config.arch)
     num_actions = 15
-    agent = Agent(arch, init_params(arch, jax.random.key(0), num_actions=num_actions), num_actions=num_actions)
+    agent = Agent.random(arch, num_actions=num_actions)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5))
     batch = config.frames_per_iteration
     mb_size = batch // config.num_minibatches
@@ -156,8 +160,14 @@ def make_train(config: PPOConfig) -> Trainer:
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         params = init_params(arch, k_init, num_actions=num_actions)
-        return TrainState(params, optimizer.init(params), jax.random.key_data(k_run),
-                          RewardNormalizer.create(config.num_envs), np.zeros((), np.int64), np.zeros((), np.int64))
+        return TrainState(
+            params,
+            optimizer.init(params),
+            jax.random.key_data(k_run),
+            RewardNormalizer.create(config.num_envs),
+            np.zeros((), np.int64),
+            np.zeros((), np.int64),
+        )
 
     @jax.jit
     def policy_step(params, obs, key):
@@ -196,7 +206,12 @@ def make_train(config: PPOConfig) -> Trainer:
     def update(state: TrainState, traj: Transition, last_value: jax.Array):
         adv, ret = compute_gae(traj, last_value, config.gamma, config.gae_lambda)
         flat = {
-            "obs": traj.obs, "action": traj.action, "logp": traj.logp, "value": traj.value, "adv": adv, "ret": ret,
+            "obs": traj.obs,
+            "action": traj.action,
+            "logp": traj.logp,
+            "value": traj.value,
+            "adv": adv,
+            "ret": ret,
         }
         flat = jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]), flat)
         key, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
@@ -206,7 +221,9 @@ def make_train(config: PPOConfig) -> Trainer:
 
             def mb_body(carry, idx):
                 params, opt_state = carry
-                params, opt_state, metrics = minibatch_step(params, opt_state, jax.tree.map(lambda x: x[idx], flat))
+                params, opt_state, metrics = minibatch_step(
+                    params, opt_state, jax.tree.map(lambda x: x[idx], flat)
+                )
                 return (params, opt_state), metrics
 
             return jax.lax.scan(mb_body, carry, perm)
@@ -218,4 +235,3 @@ def make_train(config: PPOConfig) -> Trainer:
         return state, jax.tree.map(jnp.mean, metrics)
 
     return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update)
-

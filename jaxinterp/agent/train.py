@@ -88,8 +88,15 @@ class _Checkpoints:
         return state, HeistState.from_arrays(arrays), arrays["obs"]
 
 
-def train(config: PPOConfig, run_dir: str | Path, *, frames: int, seed: int = 0,
-          checkpoint_every_s: float = 300.0, progress: bool = True) -> TrainState:
+def train(
+    config: PPOConfig,
+    run_dir: str | Path,
+    *,
+    frames: int,
+    seed: int = 0,
+    checkpoint_every_s: float = 300.0,
+    progress: bool = True,
+) -> TrainState:
     """Train until ``frames`` environment frames in total, resuming from ``run_dir`` if it holds a run."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,8 +128,14 @@ def train(config: PPOConfig, run_dir: str | Path, *, frames: int, seed: int = 0,
 
     consistent = (state, env.get_state(), obs)  # the last point a checkpoint may be taken from
     last_save = time.monotonic()
-    bar = tqdm(total=frames, initial=min(int(state.frames), frames), unit="frame", disable=not progress,
-               desc=f"PPO {config.arch}", smoothing=0.05)
+    bar = tqdm(
+        total=frames,
+        initial=min(int(state.frames), frames),
+        unit="frame",
+        disable=not progress,
+        desc=f"PPO {config.arch}",
+        smoothing=0.05,
+    )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while int(state.frames) < frames:
@@ -131,7 +144,9 @@ def train(config: PPOConfig, run_dir: str | Path, *, frames: int, seed: int = 0,
             t_roll = time.monotonic()
             state, metrics = trainer.update(state, traj, last_value)
             metrics = {k: float(v) for k, v in metrics.items()}
-            state = state._replace(iteration=state.iteration + 1, frames=state.frames + config.frames_per_iteration)
+            state = state._replace(
+                iteration=state.iteration + 1, frames=state.frames + config.frames_per_iteration
+            )
             episodes = env.pop_episodes()
             recent.extend(zip(episodes.episode_return.tolist(), episodes.success.tolist()))
             t1 = time.monotonic()
@@ -154,8 +169,9 @@ def train(config: PPOConfig, run_dir: str | Path, *, frames: int, seed: int = 0,
                 f.write(json.dumps(row) + "\n")
             consistent = (state, env.get_state(), obs)
             bar.update(config.frames_per_iteration)
-            bar.set_postfix(ret=f"{row['episode_return']:.2f}", succ=f"{row['success_rate']:.0%}",
-                            fps=f"{row['fps']:.0f}")
+            bar.set_postfix(
+                ret=f"{row['episode_return']:.2f}", succ=f"{row['success_rate']:.0%}", fps=f"{row['fps']:.0f}"
+            )
             if time.monotonic() - last_save > checkpoint_every_s:
                 ckpts.save(*consistent)
                 plot_learning_curve(history, run_dir / "learning_curve.png")
@@ -200,8 +216,11 @@ def plot_learning_curve(history: list[dict], path: Path) -> None:
         return
     frames = [r["frames"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, key, label in zip(axes, ("episode_return", "success_rate", "entropy"),
-                              ("episode return", "success rate", "policy entropy")):
+    for ax, key, label in zip(
+        axes,
+        ("episode_return", "success_rate", "entropy"),
+        ("episode return", "success rate", "policy entropy"),
+    ):
         ax.plot(frames, [r[key] for r in history])
         ax.set_xlabel("frames")
         ax.set_title(label)
@@ -215,7 +234,9 @@ def load_run_agent(run_dir: str | Path) -> tuple[Agent, dict]:
     """The latest checkpointed policy of a training run, and the run's metadata (config, seed, frames)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
-        raise JaxinterpError(f"{run_dir} is not a training run (no config.json); train one with `jaxinterp train-agent`")
+        raise JaxinterpError(
+            f"{run_dir} is not a training run (no config.json); train one with `jaxinterp train-agent`"
+        )
     meta = json.loads((run_dir / "config.json").read_text())
     config = PPOConfig.from_dict(meta["ppo"])
     latest = _Checkpoints(run_dir).latest()

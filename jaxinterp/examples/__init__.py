@@ -10,14 +10,12 @@ from jaxinterp.examples.attribution import (
     gradient_x_activation,
     integrated_gradients,
     saliency,
-    write_saliency,
 )
 from jaxinterp.examples.features import Feature, channels, compute_feature_maps, direction, feature_maps
 from jaxinterp.examples.find import ExamplesResult, find_examples, load_npz, save_npz
-from jaxinterp.examples.heatmap import colorize, overlay, upsample, write_feature_heatmaps, write_overlays
+from jaxinterp.examples.heatmap import colorize, overlay, upsample
 from jaxinterp.examples.patches import crop_positions, select_diverse, similarity
 from jaxinterp.examples.receptive import ReceptiveField, receptive_field, receptive_fields
-from jaxinterp.examples.sheets import contact_sheet, write_sheets
 from jaxinterp.examples.topk import EMPTY, Ranked, scan
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "channels",
     "colorize",
     "compute_feature_maps",
-    "contact_sheet",
     "crop_positions",
     "direction",
     "feature_maps",
@@ -49,8 +46,4 @@ __all__ = [
     "select_diverse",
     "similarity",
     "upsample",
-    "write_feature_heatmaps",
-    "write_overlays",
-    "write_saliency",
-    "write_sheets",
 ]

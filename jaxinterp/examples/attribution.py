@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -18,8 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.heatmap import DIVERGING_CMAP, upsample, write_overlays
-from jaxinterp.examples.receptive import receptive_field
 from jaxinterp.models.agent import Agent, check_obs, preprocess
 
 __all__ = [
@@ -32,7 +29,6 @@ __all__ = [
     "integrated_gradients",
     "saliency",
     "target_fn",
-    "write_saliency",
 ]
 
 INPUT = "input"
@@ -201,16 +197,3 @@ def saliency(attributions, *, signed: bool = False) -> np.ndarray:
     if a.ndim != 4:
         raise JaxinterpError(f"saliency needs spatial attributions (N, H, W, C), got shape {a.shape}")
     return a.sum(-1) if signed else np.abs(a).sum(-1)
-
-
-def write_saliency(
-    path, agent: Agent, frames, attributions, *, layer: str = INPUT, signed: bool = False, **overlay_kwargs
-) -> Path:
-    """PNG of the frames above their saliency overlays (``layer``'s map placed by its receptive fields)."""
-    heat = saliency(attributions, signed=signed)
-    rf = receptive_field(agent, layer)
-    if heat.shape[1:] != (64, 64):
-        heat = upsample(heat, rf, method=overlay_kwargs.pop("method", "bilinear"))
-    if signed:
-        overlay_kwargs.setdefault("cmap", DIVERGING_CMAP)
-    return write_overlays(path, np.asarray(frames), heat, symmetric=signed, **overlay_kwargs)

@@ -1,21 +1,15 @@
 """Spatial heatmaps over frames: feature maps upsampled to 64×64 (aligned on receptive-field centres), coloured
-with a matplotlib colormap and blended over the frame, written as PNG with Pillow.
+with a matplotlib colormap and blended over the frame (``jaxinterp.report.heatmaps`` writes them as PNGs).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.features import Feature, as_feature, compute_feature_maps, feature_ids
-from jaxinterp.examples.receptive import FRAME_SIZE, ReceptiveField, receptive_field
-from jaxinterp.models.agent import Agent
+from jaxinterp.examples.receptive import FRAME_SIZE, ReceptiveField
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -23,13 +17,10 @@ __all__ = [
     "DEFAULT_SCALE",
     "DIVERGING_CMAP",
     "colorize",
-    "file_stem",
     "interpolation_matrix",
     "overlay",
     "overlay_grid",
     "upsample",
-    "write_feature_heatmaps",
-    "write_overlays",
 ]
 
 Method = Literal["nearest", "bilinear"]
@@ -133,51 +124,3 @@ def overlay_grid(frames, heat, *, scale: int = DEFAULT_SCALE, **overlay_kwargs) 
     bottom = np.concatenate(list(overlay(frames, heat, **overlay_kwargs)), axis=1)
     grid = np.concatenate([top, bottom], axis=0)
     return grid.repeat(scale, 0).repeat(scale, 1)
-
-
-def write_overlays(path, frames, heat, *, scale: int = DEFAULT_SCALE, **overlay_kwargs) -> Path:
-    """Write ``overlay_grid`` of frames (N, 64, 64, 3) and heat (N, 64, 64) as one PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay_grid(frames, heat, scale=scale, **overlay_kwargs)).save(path)
-    return path
-
-
-def file_stem(layer: str) -> str:
-    """A layer name safe in a file name: ``conv_seqs.2.res_block1`` -> ``conv_seqs_2_res_block1``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", layer)
-
-
-def write_feature_heatmaps(
-    agent: Agent,
-    feature: Feature | str,
-    frames,
-    out_dir,
-    *,
-    channels: Sequence[int] | int | None = None,
-    method: Method = "bilinear",
-    params=None,
-    symmetric: bool | None = None,
-    **overlay_kwargs,
-) -> list[Path]:
-    """One PNG per feature: ``frames`` (uint8, N ≤ a dozen) above the feature's heatmap over each of them.
-
-    ``symmetric`` (default: whether any map is negative) centres a diverging colormap on zero.
-    """
-    feature = as_feature(agent, feature, channels)
-    maps = compute_feature_maps(agent, feature, frames, params=params)  # (N, H, W, F)
-    heat = upsample(maps, receptive_field(agent, feature.layer), method=method)
-    symmetric = bool((maps < 0).any()) if symmetric is None else symmetric
-    if symmetric:
-        overlay_kwargs.setdefault("cmap", DIVERGING_CMAP)
-    out_dir = Path(out_dir)
-    return [
-        write_overlays(
-            out_dir / f"{file_stem(feature.layer)}_{int(fid):04d}.png",
-            frames,
-            heat[..., j],
-            symmetric=symmetric,
-            **overlay_kwargs,
-        )
-        for j, fid in enumerate(feature_ids(agent, feature))
-    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -29,6 +30,17 @@ class Agent:
         self.num_actions = num_actions
         self.build_kwargs = {"num_actions": num_actions} | ({"channels": tuple(channels)} if channels else {})
         self.module = self.arch.build(**self.build_kwargs)
+
+    @classmethod
+    def random(
+        cls, arch: Architecture | str = "impala", seed: int = 0, *, num_actions: int = 15, channels=None
+    ) -> Agent:
+        """A freshly initialized agent: the untrained control to compare any interpretability result against."""
+        from jaxinterp.weights.convert import init_params
+
+        arch = get_architecture(arch) if isinstance(arch, str) else arch
+        kwargs = {"num_actions": num_actions} | ({"channels": tuple(channels)} if channels else {})
+        return cls(arch, init_params(arch, jax.random.key(seed), **kwargs), **kwargs)
 
     def __repr__(self) -> str:
         return f"Agent({self.arch.name!r}, num_actions={self.num_actions}, params={self.num_params:,})"
@@ -80,7 +92,9 @@ class Agent:
     def check_channel(self, layer: str, channel: int) -> int:
         n = self.layer_shapes[self.check_layers([layer])[0]][-1]
         if not 0 <= channel < n:
-            raise JaxinterpError(f"channel {channel} is out of range for layer {layer!r}: it has channels 0-{n - 1}")
+            raise JaxinterpError(
+                f"channel {channel} is out of range for layer {layer!r}: it has channels 0-{n - 1}"
+            )
         return channel
 
     def __call__(self, obs) -> tuple[jax.Array, jax.Array]:
@@ -89,6 +103,35 @@ class Agent:
     def activations(self, obs, names: Sequence[str]) -> dict[str, jax.Array]:
         """``{name: activation}`` for uint8 frames, exactly what a torch forward hook returns (as NHWC)."""
         return _jit_activations(self, self.check_layers(names))(self.params, check_obs(obs))
+
+
+def parse_channels(spec: str | int | Sequence[int] | None, n: int, what: str = "the layer") -> list[int]:
+    """Channel indices from ``"all"``, ``"3"``, ``"0-15"``, ``"1,4,9"`` or ``"0-3,8"`` (or ints), checked < n."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(n))
+    if isinstance(spec, int | np.integer):
+        items: list[int] = [int(spec)]
+    elif isinstance(spec, str):
+        items = []
+        for part in spec.split(","):
+            part = part.strip()
+            m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+            if m is None:
+                raise JaxinterpError(
+                    f"cannot read channels {spec!r}: {part!r} is not a number or a range; use e.g. all, 3, 0-15, 1,4,9"
+                )
+            lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
+            if hi < lo:
+                raise JaxinterpError(f"channel range {part!r} runs backwards; write it as {hi}-{lo}")
+            items.extend(range(lo, hi + 1))
+    else:
+        items = [int(c) for c in spec]
+    bad = [c for c in items if not 0 <= c < n]
+    if bad:
+        raise JaxinterpError(f"channel {bad[0]} is out of range for {what}: it has channels 0-{n - 1}")
+    if not items:
+        raise JaxinterpError(f"no channels in {spec!r}; use e.g. all, 3, 0-15, 1,4,9")
+    return list(dict.fromkeys(items))
 
 
 def preprocess(obs: jax.Array) -> jax.Array:
@@ -116,5 +159,6 @@ def _jit_apply(agent: Agent):
 
 @functools.lru_cache(maxsize=64)
 def _jit_activations(agent: Agent, names: tuple[str, ...]):
-    return jax.jit(lambda params, obs: {n: a for n, a in agent.forward(params, preprocess(obs)).items()
-                                        if n in names})
+    return jax.jit(
+        lambda params, obs: {n: a for n, a in agent.forward(params, preprocess(obs)).items() if n in names}
+    )

@@ -190,8 +190,11 @@ def activation_shapes(module: nn.Module, params=None) -> dict[str, tuple[int, ..
     order: list[str] = []
 
     def forward(params, x):
-        acts = module.apply({"params": params}, x) if params is not None else module.init_with_output(
-            jax.random.key(0), x)[0]
+        acts = (
+            module.apply({"params": params}, x)
+            if params is not None
+            else module.init_with_output(jax.random.key(0), x)[0]
+        )
         order.extend(acts)  # eval_shape hands dicts back with sorted keys: remember the forward order
         return acts
 

@@ -1,1 +1,16 @@
-"""jaxinterp.report."""
+"""Writing results as pictures: PNG strips and contact sheets, feature-visualization runs, example sheets and
+heatmap overlays. It imports the computing packages (featviz, examples); they never import it.
+"""
+
+from jaxinterp.report.examples import examples_sheet, write_sheets
+from jaxinterp.report.featviz import visualize_layers
+from jaxinterp.report.heatmaps import write_feature_heatmaps, write_overlays, write_saliency
+
+__all__ = [
+    "examples_sheet",
+    "visualize_layers",
+    "write_feature_heatmaps",
+    "write_overlays",
+    "write_saliency",
+    "write_sheets",
+]

@@ -6,6 +6,7 @@ Only numpy and Pillow: any job (feature visualization, examples, SAE features) c
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from jaxinterp.errors import JaxinterpError
 
-__all__ = ["contact_sheet", "save_png", "side_by_side", "to_uint8", "upscale", "write_contact_sheet"]
+__all__ = [
+    "contact_sheet",
+    "file_stem",
+    "save_png",
+    "side_by_side",
+    "stack",
+    "to_uint8",
+    "upscale",
+    "write_contact_sheet",
+]
 
 GAP = 4
 """Pixels between images in strips and sheets."""
@@ -56,6 +66,26 @@ def side_by_side(images, *, gap: int = GAP, scale: int = 1) -> np.ndarray:
     for i, im in enumerate(images):
         strip[:, i * (w + gap) : i * (w + gap) + w] = im
     return strip
+
+
+def stack(images: Sequence) -> np.ndarray:
+    """Images (H_i, W_i, 3) of any sizes one above the other, left-aligned on the background; uint8."""
+    images = [to_uint8(im) for im in images]
+    for im in images:
+        _check_hwc(im)
+    out = np.full(
+        (sum(im.shape[0] for im in images), max(im.shape[1] for im in images), 3), BACKGROUND, np.uint8
+    )
+    y = 0
+    for im in images:
+        out[y : y + im.shape[0], : im.shape[1]] = im[..., :3]
+        y += im.shape[0]
+    return out
+
+
+def file_stem(name: str) -> str:
+    """A layer name safe in file and folder names: ``conv_seqs.2.res_block1`` -> ``conv_seqs_2_res_block1``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
 def save_png(path: str | Path, image) -> Path:

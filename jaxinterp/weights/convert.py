@@ -32,17 +32,29 @@ def detect(state_dict: Mapping[str, np.ndarray]) -> tuple[Architecture, dict]:
     arch = matches[0]
     kwargs = {"num_actions": int(_shape(state_dict, f"{arch.logits}.weight", arch)[0])}
     if arch.name != "interpretable-cnn":
-        stage = r"conv_seqs\.(\d+)\.conv\.weight" if arch.name == "impala" else r"embedder\.block(\d+)\.conv\.weight"
-        widths = sorted((int(m[1]), v.shape[0]) for k, v in state_dict.items() if (m := re.fullmatch(stage, k)))
+        stage = (
+            r"conv_seqs\.(\d+)\.conv\.weight"
+            if arch.name == "impala"
+            else r"embedder\.block(\d+)\.conv\.weight"
+        )
+        widths = sorted(
+            (int(m[1]), v.shape[0]) for k, v in state_dict.items() if (m := re.fullmatch(stage, k))
+        )
         kwargs["channels"] = tuple(int(w) for _, w in widths)
     expected = torch_shapes(arch, **kwargs)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [f"{k} {tuple(state_dict[k].shape)} != {v}" for k, v in expected.items() if k in state_dict
-             and tuple(state_dict[k].shape) != v]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {v}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != v
+    ]
     if missing or unexpected or wrong:
-        problems = (["missing " + ", ".join(missing[:5])] if missing else []) + (
-            ["unexpected " + ", ".join(unexpected[:5])] if unexpected else []) + wrong[:5]
+        problems = (
+            (["missing " + ", ".join(missing[:5])] if missing else [])
+            + (["unexpected " + ", ".join(unexpected[:5])] if unexpected else [])
+            + wrong[:5]
+        )
         raise JaxinterpError(
             f"checkpoint looks like {arch.name!r} but does not match it ({'; '.join(problems)}); "
             f"known layouts: {_KNOWN}"
@@ -52,7 +64,9 @@ def detect(state_dict: Mapping[str, np.ndarray]) -> tuple[Architecture, dict]:
 
 def _shape(state_dict, key, arch):
     if key not in state_dict:
-        raise JaxinterpError(f"checkpoint looks like {arch.name!r} but has no {key!r}; known layouts: {_KNOWN}")
+        raise JaxinterpError(
+            f"checkpoint looks like {arch.name!r} but has no {key!r}; known layouts: {_KNOWN}"
+        )
     return state_dict[key].shape
 
 
@@ -90,8 +104,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], arch: Architecture, **kw
             kernel = weight.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(weight.shape[0], -1).T
         else:
             kernel = weight.T
-        params[module] = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(state_dict[f"{module}.bias"],
-                                                                            jnp.float32)}
+        params[module] = {
+            "kernel": jnp.asarray(kernel),
+            "bias": jnp.asarray(state_dict[f"{module}.bias"], jnp.float32),
+        }
     return params
 
 

@@ -38,7 +38,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         try:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
-            raise JaxinterpError(f"{path} is not a readable .safetensors file ({e}); is it truncated?") from None
+            raise JaxinterpError(
+                f"{path} is not a readable .safetensors file ({e}); is it truncated?"
+            ) from None
     raise JaxinterpError(f"unsupported checkpoint {path}: expected {FORMATS}")
 
 
@@ -70,8 +72,10 @@ def save_agent(agent: Agent, path: str | Path) -> Path:
             write_torch_file(path, state_dict)
         return path
     if path.suffix and not path.is_dir():
-        raise JaxinterpError(f"unsupported output {path}: use a .pt, .pth or .safetensors file, or a directory "
-                             "without a suffix for orbax")
+        raise JaxinterpError(
+            f"unsupported output {path}: use a .pt, .pth or .safetensors file, or a directory "
+            "without a suffix for orbax"
+        )
     if path.exists() and any(path.iterdir()) and not (path / ORBAX_META).exists():
         raise JaxinterpError(f"{path} exists and is not a jaxinterp orbax checkpoint; choose a new directory")
     import orbax.checkpoint as ocp

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,14 +24,12 @@ from jaxinterp.featviz import objectives as obj
 from jaxinterp.featviz import param as param_lib
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.engine import DEFAULT_LR, DEFAULT_STEPS, VisualizeConfig, make_visualize
-from jaxinterp.models.agent import Agent, check_obs, preprocess
+from jaxinterp.models.agent import Agent, check_obs, parse_channels, preprocess
 from jaxinterp.report import images as report_images
 
 __all__ = [
     "PERCENTILES",
     "SETTINGS_FORMAT",
-    "layer_stem",
-    "parse_channels",
     "real_frame_values",
     "visualize_layers",
 ]
@@ -48,40 +45,6 @@ SHEET_IMAGES_PER_ROW = 8
 _CACHE_SIZE = 8  # compiled programs kept for reruns in one process (resuming, more channels, other seeds)
 
 ObjectiveSpec = str | Callable[[str], obj.Objective]
-
-
-def parse_channels(spec: str | int | Sequence[int] | None, n: int, what: str = "the layer") -> list[int]:
-    """Channel indices from ``"all"``, ``"3"``, ``"0-15"``, ``"1,4,9"`` or ``"0-3,8"`` (or ints), checked < n."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
-        return list(range(n))
-    if isinstance(spec, int | np.integer):
-        items: list[int] = [int(spec)]
-    elif isinstance(spec, str):
-        items = []
-        for part in spec.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-            if m is None:
-                raise JaxinterpError(
-                    f"cannot read channels {spec!r}: {part!r} is not a number or a range; use e.g. all, 3, 0-15, 1,4,9"
-                )
-            lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
-            if hi < lo:
-                raise JaxinterpError(f"channel range {part!r} runs backwards; write it as {hi}-{lo}")
-            items.extend(range(lo, hi + 1))
-    else:
-        items = [int(c) for c in spec]
-    bad = [c for c in items if not 0 <= c < n]
-    if bad:
-        raise JaxinterpError(f"channel {bad[0]} is out of range for {what}: it has channels 0-{n - 1}")
-    if not items:
-        raise JaxinterpError(f"no channels in {spec!r}; use e.g. all, 3, 0-15, 1,4,9")
-    return list(dict.fromkeys(items))
-
-
-def layer_stem(layer: str) -> str:
-    """A layer name safe as a folder name: ``conv_seqs.2.res_block1`` -> ``conv_seqs_2_res_block1``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", layer)
 
 
 def real_frame_values(
@@ -281,7 +244,7 @@ def visualize_layers(
     try:
         for layer, full, target, chans, settings in plans:
             config = dataclasses.replace(base_config, measure=target)
-            folder = out_dir / layer_stem(layer)
+            folder = out_dir / report_images.file_stem(layer)
             summary["layers"][layer] = _one_layer(
                 agent,
                 layer,
