@@ -1,0 +1,108 @@
+"""Each IMPALA convolution shape on its own: XLA (jaxinterp's ``conv2d``) vs torch, forward, input gradient and
+weight gradient, in GFLOP/s.
+
+Why: the PPO update, feature visualization and dataset examples all spend 85-95% of their time in these
+convolutions, so this table says where jaxinterp can or cannot beat torch on this CPU.
+Run: uv run python benchmarks/bench_conv.py [--batch 256]  (needs torch; pin with ``taskset -c 0`` for one core).
+Both frameworks use the same number of threads; timings alternate in one process (best of ``--repeats``).
+"""
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxinterp  # noqa: F401  (XLA flags)
+from jaxinterp.models.layers import conv2d
+
+# (spatial size, in channels, out channels, how many of them one IMPALA forward runs)
+SHAPES = [(64, 3, 16, 1), (32, 16, 16, 4), (32, 16, 32, 1), (16, 32, 32, 5), (8, 32, 32, 4)]
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores XLA sees too
+    b = args.batch
+    print(
+        f"# batch {b}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    print("| H×W | in→out | × per forward | pass | XLA GFLOP/s | torch GFLOP/s | torch/XLA |")
+    print("|---|---|---|---|---|---|---|")
+    for h, ci, co, count in SHAPES:
+        for name, xla, tor in bench_shape(b, h, ci, co, args.repeats):
+            print(f"| {h}×{h} | {ci}→{co} | {count} | {name} | {xla:.1f} | {tor:.1f} | {tor / xla:.2f}× |")
+
+
+@jax.jit
+def _fwd(x, w):
+    return conv2d(x, w, 1)
+
+
+@jax.jit
+def _dx(x, w, g):
+    return jax.vjp(lambda x: conv2d(x, w, 1), x)[1](g)[0]
+
+
+@jax.jit
+def _dw(x, w, g):
+    return jax.vjp(lambda w: conv2d(x, w, 1), w)[1](g)[0]
+
+
+def bench_shape(b: int, h: int, ci: int, co: int, repeats: int) -> list[tuple[str, float, float]]:
+    """(pass, XLA GFLOP/s, torch GFLOP/s) for forward, input gradient and weight gradient of one shape."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((b, h, h, ci), np.float32)
+    w = (rng.standard_normal((3, 3, ci, co)) * 0.1).astype(np.float32)
+    g = rng.standard_normal((b, h, h, co), np.float32)
+    xj, wj, gj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(g)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()  # NHWC memory: torch's channels_last
+    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_()
+    gt = torch.from_numpy(g).permute(0, 3, 1, 2)
+
+    def t_fwd():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(xt, wt, padding=1)
+
+    def t_grad(wrt):
+        torch.autograd.grad(torch.nn.functional.conv2d(xt, wt, padding=1), wrt, gt)
+
+    # torch's gradient calls run the forward too (autograd needs it), so XLA's gradient times add one forward.
+    j_fwd = best_of(lambda: jax.block_until_ready(_fwd(xj, wj)), repeats)
+    timings = [
+        ("forward", j_fwd, best_of(t_fwd, repeats), 1),
+        (
+            "input grad",
+            j_fwd + best_of(lambda: jax.block_until_ready(_dx(xj, wj, gj)), repeats),
+            best_of(lambda: t_grad(xt), repeats),
+            2,
+        ),
+        (
+            "weight grad",
+            j_fwd + best_of(lambda: jax.block_until_ready(_dw(xj, wj, gj)), repeats),
+            best_of(lambda: t_grad(wt), repeats),
+            2,
+        ),
+    ]
+    flops = 2 * b * h * h * 9 * ci * co / 1e9
+    return [(name, mult * flops / tj, mult * flops / tt) for name, tj, tt, mult in timings]
+
+
+if __name__ == "__main__":
+    main()
