@@ -48,14 +48,16 @@ def _reduce_window_max_pool(x):
     )
 
 
-@pytest.mark.parametrize("size", [8, 9, 64])
+@pytest.mark.parametrize("size", [1, 2, 8, 9, 64])
 def test_slice_max_pool_equals_reduce_window(size):
     x = jax.random.normal(jax.random.key(3), (2, size, size, 4))
     np.testing.assert_array_equal(max_pool(x), _reduce_window_max_pool(x))
     g = jax.random.normal(jax.random.key(4), max_pool(x).shape)
     ours = jax.vjp(max_pool, x)[1](g)[0]
     ref = jax.vjp(_reduce_window_max_pool, x)[1](g)[0]
-    np.testing.assert_allclose(ours, ref, rtol=1e-6)  # random floats: no ties, so one argmax per window
+    np.testing.assert_allclose(
+        ours, ref, rtol=1e-6, atol=1e-6
+    )  # no ties in random floats; overlapping windows sum in another order
 
 
 def test_lp_pool_gradient_is_finite_at_zero():

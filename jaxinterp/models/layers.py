@@ -4,8 +4,10 @@ Two choices here decide the speed of everything built on the models (measured, s
 - ``conv2d`` is a ``jax.custom_vjp`` whose backward passes are themselves standard-layout convolutions. Inside
   ``lax.scan`` XLA:CPU otherwise keeps backward convolutions in a non-standard kernel layout that runs as generated
   loops (6-22x slower); gradients are identical to the plain convolution's.
-- ``max_pool`` is the max of 9 strided slices of a -inf padded input: the backward of ``lax.reduce_window``
-  (select_and_scatter) cost as much as all the convolutions' weight gradients.
+- ``max_pool`` is the max of the 9 window taps read from the 2x2 phase sub-grids of the -inf padded input, with a
+  ``custom_vjp`` that routes the gradient at output resolution: the backward of ``lax.reduce_window``
+  (select_and_scatter) cost as much as all the convolutions' weight gradients, and autodiff of strided slices
+  (9 full-size pads) still cost ~35% of a PPO gradient step.
 """
 
 from __future__ import annotations
@@ -57,18 +59,57 @@ def _conv2d_bwd(padding, residuals, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
-    """Max-pool NHWC like ``torch.nn.MaxPool2d`` (padding with -inf), as the max of strided slices."""
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    ho = (h + 2 * padding - window) // stride + 1
-    wo = (w + 2 * padding - window) // stride + 1
-    out = None
-    for dy in range(window):
-        for dx in range(window):
-            s = xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride, :]
-            out = s if out is None else jnp.maximum(out, s)
-    return out
+# The 3x3 / stride-2 / pad-1 pool seen as 2x2 phases of the padded input: window row dy of output row i is padded
+# row 2i + dy = (block i + dy // 2, phase dy % 2). Offsets (block, phase) for dy (and dx) = 0, 1, 2:
+_POOL_TAPS = ((0, 0), (0, 1), (1, 0))
+
+
+def _pool_windows(x: jax.Array):
+    """The 9 window taps of every output, as (N, ho, wo, C) strided slices, in row-major window order."""
+    n, h, w, c = x.shape
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    for dy in range(3):
+        for dx in range(3):
+            yield xp[:, dy : dy + 2 * ho - 1 : 2, dx : dx + 2 * wo - 1 : 2]
+
+
+@jax.custom_vjp
+def max_pool(x: jax.Array) -> jax.Array:
+    """``torch.nn.MaxPool2d(3, stride=2, padding=1)`` on NHWC (IMPALA's pool), with a fast custom backward."""
+    return _max_pool_fwd(x)[0]
+
+
+def _max_pool_fwd(x):
+    best, idx = None, None
+    for k, tap in enumerate(_pool_windows(x)):
+        if best is None:
+            best, idx = tap, jnp.zeros(tap.shape, jnp.int8)
+        else:
+            idx = jnp.where(tap > best, jnp.int8(k), idx)  # strict: the first maximum gets the gradient
+            best = jnp.maximum(best, tap)
+    return best, (idx, x.shape)
+
+
+def _max_pool_bwd(residuals, g):
+    # Each tap's gradient lands on one phase sub-grid, shifted by its block offset: everything stays at the output
+    # resolution until one interleave of the four phases (autodiff of the strided slices, 9 full-size pads, cost
+    # ~35% of a PPO gradient step).
+    idx, (n, h, w, c) = residuals
+    ho, wo = g.shape[1:3]
+    grads = [[jnp.zeros((n, ho + 1, wo + 1, c), g.dtype) for _ in range(2)] for _ in range(2)]
+    k = 0
+    for by, py in _POOL_TAPS:
+        for bx, px in _POOL_TAPS:
+            tap = jnp.where(idx == k, g, 0)
+            grads[py][px] = grads[py][px] + jnp.pad(tap, ((0, 0), (by, 1 - by), (bx, 1 - bx), (0, 0)))
+            k += 1
+    full = jnp.stack([jnp.stack(row, 1) for row in grads], 1)  # (N, 2, 2, ho + 1, wo + 1, C)
+    full = full.transpose(0, 3, 1, 4, 2, 5).reshape(n, 2 * ho + 2, 2 * wo + 2, c)
+    return (full[:, 1 : h + 1, 1 : w + 1],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def lp_pool(x: jax.Array, window: int = 2) -> jax.Array:

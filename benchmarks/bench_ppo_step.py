@@ -1,0 +1,82 @@
+"""The PPO minibatch step (forward, loss, gradient, Adam) in ms per frame, with three max-pool implementations
+swapped into the same network in one process: jaxinterp's custom-VJP pool, the same taps differentiated by JAX
+(9 strided slices), and ``lax.reduce_window``.
+
+Run: taskset -c 0 uv run python benchmarks/bench_ppo_step.py [--batches 128,512] [--repeats 5]
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxinterp  # noqa: F401  (XLA flags)
+from jaxinterp.agent.ppo import PPOConfig, make_train
+from jaxinterp.models import impala, layers
+
+
+def slice_pool(x):
+    """The previous pool: the max of 9 strided slices of the -inf padded input, differentiated by JAX."""
+    out = None
+    for tap in layers._pool_windows(x):
+        out = tap if out is None else jnp.maximum(out, tap)
+    return out
+
+
+def reduce_window_pool(x):
+    pads = ((0, 0), (1, 1), (1, 1), (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
+
+
+POOLS = {
+    "custom-VJP (jaxinterp)": layers.max_pool,
+    "strided slices": slice_pool,
+    "reduce_window": reduce_window_pool,
+}
+
+
+def step_ms_per_frame(batch: int, pool, repeats: int) -> float:
+    impala.max_pool = pool  # the module-level name the network calls
+    make_train.cache_clear()
+    trainer = make_train(PPOConfig(num_envs=batch, num_steps=1, num_minibatches=1, update_epochs=1))
+    state = trainer.init(jax.random.key(0))
+    k = jax.random.split(jax.random.key(1), 3)
+    mb = {
+        "obs": jax.random.randint(k[0], (batch, 64, 64, 3), 0, 256).astype(jnp.uint8),
+        "action": jax.random.randint(k[1], (batch,), 0, 15),
+        "logp": jnp.full((batch,), -np.log(15.0)),
+        "value": jnp.zeros(batch),
+        "adv": jax.random.normal(k[2], (batch,)),
+        "ret": jnp.ones(batch),
+    }
+    step = jax.jit(trainer.minibatch_step)
+    params, opt = state.params, state.opt_state
+    jax.block_until_ready(step(params, opt, mb))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(step(params, opt, mb))
+        times.append(time.perf_counter() - t)
+    return min(times) / batch * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batches", default="128,512")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    original = impala.max_pool
+    print(f"# jax {jax.__version__}; PPO minibatch step, ms per frame (best of {args.repeats})")
+    print("| minibatch | " + " | ".join(POOLS) + " |\n|---|" + "---|" * len(POOLS))
+    try:
+        for b in map(int, args.batches.split(",")):
+            row = [step_ms_per_frame(b, pool, args.repeats) for pool in POOLS.values()]
+            print(f"| {b} | " + " | ".join(f"{t:.2f}" for t in row) + " |", flush=True)
+    finally:
+        impala.max_pool = original
+
+
+if __name__ == "__main__":
+    main()
