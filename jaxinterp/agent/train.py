@@ -23,6 +23,8 @@ from jaxinterp.models.agent import Agent
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 EPISODE_WINDOW = 100  # episodes in the running return / success-rate average
+CURVE_WINDOW = 500  # episodes in the learning curve's smoother mean
+EPISODE_LIMIT = 1000  # Heist ends an episode after this many steps
 
 
 def heist_config(config: PPOConfig, seed: int) -> HeistConfig:
@@ -174,7 +176,9 @@ def train(
             )
             if time.monotonic() - last_save > checkpoint_every_s:
                 ckpts.save(*consistent)
-                plot_learning_curve(history, run_dir / "learning_curve.png")
+                plot_learning_curve(
+                    history, run_dir / "learning_curve.png", warmup_frames=config.num_envs * EPISODE_LIMIT
+                )
                 last_save = time.monotonic()
     except KeyboardInterrupt:
         bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
@@ -182,7 +186,9 @@ def train(
         signal.signal(signal.SIGTERM, previous)
         bar.close()
         ckpts.save(*consistent)
-        plot_learning_curve(history, run_dir / "learning_curve.png")
+        plot_learning_curve(
+            history, run_dir / "learning_curve.png", warmup_frames=config.num_envs * EPISODE_LIMIT
+        )
         env.close()
     return consistent[0]
 
@@ -205,8 +211,13 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     return rows
 
 
-def plot_learning_curve(history: list[dict], path: Path) -> None:
-    """Episode return and success rate (running mean over the last episodes) against frames."""
+def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int = 0) -> None:
+    """Episode return and success rate against frames: the logged last-100 mean (faint) and a smoother mean over
+    the last ``CURVE_WINDOW`` episodes (bold), with policy entropy beside them.
+
+    Frames before ``warmup_frames`` are shaded: until every env has played one full episode (Heist's 1000-step
+    limit), the episodes that have finished are mostly the short, successful ones, so the curve starts too high.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,14 +225,31 @@ def plot_learning_curve(history: list[dict], path: Path) -> None:
 
     if not history:
         return
-    frames = [r["frames"] for r in history]
+    frames = np.array([r["frames"] for r in history])
+    ends = np.cumsum([len(r.get("_returns", [])) for r in history])
+    starts = np.maximum(ends - CURVE_WINDOW, 0)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for ax, key, label in zip(
+    for ax, key, episodes, label in zip(
         axes,
         ("episode_return", "success_rate", "entropy"),
+        ("_returns", "_successes", None),
         ("episode return", "success rate", "policy entropy"),
     ):
-        ax.plot(frames, [r[key] for r in history])
+        if episodes is None:
+            ax.plot(frames, [r[key] for r in history])
+        else:
+            ax.plot(frames, [r[key] for r in history], alpha=0.3, label=f"last {EPISODE_WINDOW} episodes")
+            values = np.concatenate([np.asarray(r.get(episodes, []), np.float64) for r in history])
+            csum = np.concatenate([[0.0], np.cumsum(values)])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ax.plot(
+                    frames,
+                    (csum[ends] - csum[starts]) / (ends - starts),
+                    label=f"last {CURVE_WINDOW} episodes",
+                )
+            ax.legend(fontsize=7, loc="lower right")
+        if warmup_frames:
+            ax.axvspan(0, min(warmup_frames, frames[-1]), color="0.88", zorder=0)
         ax.set_xlabel("frames")
         ax.set_title(label)
         ax.grid(alpha=0.3)
