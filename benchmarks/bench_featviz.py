@@ -28,7 +28,7 @@ of them; compare ratios, which this script computes within one run.
 Install lucent into the project environment for benchmarking only (never a runtime dependency). torch is already
 installed from the local CPU wheel: always pass --no-deps, so that uv never resolves torch from the index:
 
-    cd /work/main && uv pip install --no-deps torch-lucent==0.1.8 "kornia<=0.4.1"
+    uv pip install --no-deps torch-lucent==0.1.8 "kornia<=0.4.1" decorator
 
 lucent 0.1.8 imports ``torchvision`` (it needs only ``transforms.Normalize``, unused here since
 ``preprocess=False``, and star-imports ``torchvision.models``) and ``IPython.display`` (for notebook display).
@@ -36,7 +36,7 @@ No torchvision build matches this torch, and IPython needs further packages (tra
 modules cannot be imported this script registers small stand-ins for them in ``sys.modules`` at run time; it
 writes no files.
 
-Run:  cd /work/main && uv run python benchmarks/bench_featviz.py --steps 128
+Run:  uv run python benchmarks/bench_featviz.py --steps 128
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ grey image's non-DC spectral energy above 1/4 cycle per pixel; noise is ~0.8, sm
 real frames gives the reference. ``comparison.png`` puts the channels side by side: the real frame that drives
 each channel hardest on top, then one row per variant.
 
-Run:  cd /work/main && uv run python benchmarks/featviz_quality.py --checkpoint runs/heist-impala \\
+Run:  uv run python benchmarks/featviz_quality.py --checkpoint runs/heist-impala \\
           --layer conv_seqs.2.res_block1 --channels 0-7 --steps 256 --out /tmp/featviz_quality
 ``--checkpoint`` takes a training run directory (its latest checkpoint, via
 ``jaxinterp.agent.train.load_run_agent``) or any file ``jaxinterp.load_agent`` reads.
