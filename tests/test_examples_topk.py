@@ -261,3 +261,23 @@ def test_bad_inputs_say_what_to_do():
         find.find_examples(agent, LAYER, random_frames(4), channels=[8])
     with pytest.raises(JaxinterpError, match="diversity_on"):
         find.find_examples(agent, LAYER, random_frames(4), diversity_on="colour")
+
+
+def test_repeated_frames_are_skipped_before_the_network():
+    agent, frames = random_agent(), random_frames(20)
+    args = {"k": 4, "num_candidates": 6, "batch_size": 8}
+    unique = topk.scan(agent, features.channels(LAYER), frames, **args)
+    best = int(unique.top.frames[0, 0])
+    # Repeats (an agent against a wall): the best frame of channel 0 twice among new frames, then only repeats.
+    stream = np.concatenate([frames, frames[[best, best, 11, 0, 5]]])
+    sizes, index = [12, 10, 3], np.arange(len(stream))
+    counted = []
+    seen = topk.scan(
+        agent, features.channels(LAYER), chunks(stream, sizes, index), progress=counted.append, **args
+    )
+    assert seen.num_frames == len(stream) and sum(counted) == len(stream)
+    for a, b in zip(seen[:3], unique[:3], strict=True):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    # Without dedupe the copies go through the network and take the next slots.
+    plain = topk.scan(agent, features.channels(LAYER), chunks(stream, sizes, index), dedupe=False, **args)
+    np.testing.assert_array_equal(plain.top.frames[0, :3], [best, 20, 21])

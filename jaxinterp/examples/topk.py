@@ -13,12 +13,14 @@ selection sees them. ``one_per_frame=False`` ranks every (frame, y, x) instead.
 
 Exact copies are dropped by default (``dedupe``): a standing agent or a uniform wall gives the very same patch, and
 so the very same value, again and again, and k copies of one patch would fill a sheet. Values that are exactly equal
-(and not zero, the value of every dead relu) count as one example, the earliest frame's.
+(and not zero, the value of every dead relu) count as one example, the earliest frame's; and a frame identical to an
+earlier one (an agent walking into a wall) is not run through the network at all.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
@@ -223,11 +225,29 @@ def _chunks(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
                 yield chunk, None
 
 
-def iter_batches(source: Source, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 frames, int64 global indices) in pieces of at most ``batch_size``; chunks without indices count on."""
+def _first_copies(frames: np.ndarray, seen: set[bytes]) -> np.ndarray:
+    """Mask of the frames whose exact bytes have not been seen before (``seen`` is updated)."""
+    keep = np.zeros(len(frames), bool)
+    for i, frame in enumerate(frames):
+        digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
+        if digest not in seen:
+            seen.add(digest)
+            keep[i] = True
+    return keep
+
+
+def iter_batches(
+    source: Source, batch_size: int, *, skip_repeats: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """(uint8 frames, int64 global indices, source frames covered) in pieces of at most ``batch_size``; chunks
+    without indices count on.
+
+    With ``skip_repeats`` a frame identical to an earlier one is left out (its activations would be identical too);
+    the last piece of each chunk counts the frames skipped in it, and a chunk of repeats only gives an empty piece.
+    """
     if batch_size < 1:
         raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
-    next_index = 0
+    next_index, seen = 0, set()
     for frames, index in _chunks(source):
         frames = _check_frames(frames)
         n = len(frames)
@@ -241,8 +261,14 @@ def iter_batches(source: Source, batch_size: int) -> Iterator[tuple[np.ndarray, 
                 f"frame indices must lie in [0, {_MAX_INDEX}], got {index.min()}..{index.max()}"
             )
         next_index = int(index.max()) + 1 if n else next_index
-        for s in range(0, n, batch_size):
-            yield frames[s : s + batch_size], index[s : s + batch_size]
+        if skip_repeats:
+            keep = _first_copies(frames, seen)
+            frames, index = frames[keep], index[keep]
+        starts = range(0, len(frames), batch_size) or [0]
+        for s in starts:
+            piece = slice(s, s + batch_size)
+            covered = len(frames[piece]) + (n - len(frames) if s == starts[-1] else 0)
+            yield frames[piece], index[piece], covered
 
 
 def _referenced(state) -> np.ndarray:
@@ -285,7 +311,7 @@ def scan(
 ) -> ScanResult:
     """Stream ``source`` through the running top-k of every feature of ``feature``; memory stays bounded.
 
-    ``progress(n)`` is called after each batch with the number of frames it held.
+    ``progress(n)`` is called after each batch with the number of source frames it covered (repeats included).
     """
     if frame_score not in ("max", "mean"):
         raise JaxinterpError(f"frame_score must be 'max' or 'mean', got {frame_score!r}")
@@ -308,8 +334,13 @@ def scan(
         for i in set(cache) - set(refs.tolist()):
             del cache[i]
 
-    for frames, index in iter_batches(source, batch_size):
+    for frames, index, covered in iter_batches(source, batch_size, skip_repeats=dedupe):
         n = len(frames)
+        seen += covered
+        if progress is not None:
+            progress(covered)
+        if n == 0:
+            continue
         if n < batch_size:  # pad to one shape: one compile for the whole scan
             pad = batch_size - n
             frames_in = np.concatenate([frames, np.zeros((pad, *OBS_SHAPE), np.uint8)])
@@ -321,9 +352,6 @@ def scan(
         if pending is not None:  # overlaps the device step just dispatched
             keep_referenced(*pending)
         pending = (state, frames, index)
-        seen += n
-        if progress is not None:
-            progress(n)
     if pending is not None:
         keep_referenced(*pending)
     host = jax.device_get(state)
