@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-import jaxinterp  # noqa: F401  (XLA flags)
 from jaxinterp.models.layers import conv2d
 
 # (spatial size, in channels, out channels, how many of them one IMPALA forward runs)

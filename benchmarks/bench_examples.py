@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import platform
 import resource
@@ -293,16 +292,8 @@ def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
 
         find_examples(agent, layer, gen(), k=k, batch_size=batch)
 
-    def find_unique_frames():
-        # Skip exact-duplicate frames before the forward (hash, keep the first occurrence and its index).
-        seen, keep = set(), []
-        for i, fr in enumerate(frames_np):
-            h = hashlib.blake2b(fr.tobytes(), digest_size=16).digest()
-            if h not in seen:
-                seen.add(h)
-                keep.append(i)
-        keep = np.asarray(keep)
-        find_examples(agent, layer, [(frames_np[keep], keep)], k=k, batch_size=batch)
+    def find_every_frame():
+        find_examples(agent, layer, frames_np, k=k, batch_size=batch, dedupe=False)
 
     dups = n - len(np.unique(frames_np.reshape(n, -1), axis=0))
     forward()  # compile
@@ -320,8 +311,8 @@ def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
         "topk.scan on in-memory array, keep_vectors=False": scan_mem_novec,
         "find_examples on in-memory array (+ patches)": find_mem,
         "find_examples on Dataset chunks (+ reading)": find_chunks,
-        f"find_examples on in-memory array, exact-duplicate frames skipped (incl. hashing; {dups} of {n} are duplicates)": (
-            find_unique_frames
+        f"find_examples, dedupe=False (all {n} frames through the network; {dups} are exact repeats)": (
+            find_every_frame
         ),
     }
     best = {name: (float("inf"), float("inf")) for name in pieces}

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxinterp  # noqa: F401  (XLA flags)
 from jaxinterp.agent.ppo import PPOConfig, make_train
 from jaxinterp.models import impala, layers
 

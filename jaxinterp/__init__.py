@@ -1,6 +1,5 @@
 """jaxinterp: interpretability for Procgen reinforcement-learning agents, in JAX."""
 
-from jaxinterp import _xla  # noqa: F401  (must run before jax is imported)
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
 from jaxinterp.weights.store import agent_from_state_dict, load_agent, save_agent

@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxinterp import _xla  # noqa: F401  (XLA flags before jax starts)
 from jaxinterp.errors import JaxinterpError
+
+if TYPE_CHECKING:
+    from jaxinterp.models.agent import Agent
 
 
 def _parse_config(text: str | None) -> dict:
@@ -46,17 +49,29 @@ def cmd_train_agent(args) -> None:
     print(f"{int(state.frames):,} frames trained; checkpoints in {Path(args.out) / 'checkpoints'}")
 
 
-def _agent(args):
-    from jaxinterp.weights.store import default_checkpoint, load_agent
+def _load(path) -> Agent:
+    """An agent from weights (a file or a saved orbax directory) or a training run directory (its latest policy)."""
+    from jaxinterp.weights.store import load_agent
 
-    return load_agent(args.checkpoint or default_checkpoint())
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        from jaxinterp.agent.train import load_run_agent
+
+        return load_run_agent(path)[0]
+    return load_agent(path)
+
+
+def _agent(args) -> Agent:
+    from jaxinterp.weights.store import default_checkpoint
+
+    return _load(args.checkpoint or default_checkpoint())
 
 
 def cmd_info(args) -> None:
-    from jaxinterp.weights.store import default_checkpoint, load_agent
+    from jaxinterp.weights.store import default_checkpoint
 
     path = args.file or default_checkpoint()
-    agent = load_agent(path)
+    agent = _load(path)
     print(f"{path}\narchitecture: {agent.arch.name} ({agent.arch.description})")
     print(
         f"actions: {agent.num_actions}\nparameters: {agent.num_params:,}\nlayers ({len(agent.layer_shapes)}):"
@@ -167,17 +182,22 @@ def cmd_attribution(args) -> None:
     print(f"wrote {png}")
 
 
-def _color_stats(checkpoint: Path, frames: np.ndarray):
-    """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached."""
+def _color_stats(checkpoint: Path, agent: Agent, frames: np.ndarray):
+    """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached (keyed
+    by the weights' bytes, so a training run that moves on gets fresh statistics)."""
     import hashlib
     import os
+
+    import jax
 
     from jaxinterp.featviz.param import fit_color_stats, load_color_stats, save_color_stats
 
     beside = checkpoint.with_suffix(".color.json")
     if beside.exists():
         return load_color_stats(beside)
-    digest = hashlib.sha256(checkpoint.read_bytes() if checkpoint.is_file() else str(checkpoint).encode())
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(agent.params):
+        digest.update(np.asarray(leaf).tobytes())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxinterp" / "color"
     cached = cache / f"{digest.hexdigest()[:16]}.json"
     if cached.exists():
@@ -202,7 +222,7 @@ def cmd_visualize(args) -> None:
     else:
         raise JaxinterpError("give --layer NAME[,NAME...] or --all-layers")
     frames = agent_frames(agent, args.real_frames, seed=args.seed)
-    stats = _color_stats(checkpoint, frames)
+    stats = _color_stats(checkpoint, agent, frames)
     summary = visualize_layers(
         agent,
         layers,

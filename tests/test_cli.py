@@ -111,6 +111,7 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     for suffix in (".pt", ".safetensors"):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
         np.testing.assert_allclose(exported(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
+    assert main(["info", str(run)]) == 0  # a run directory stands for its latest policy
 
 
 def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path, capsys):

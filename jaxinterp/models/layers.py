@@ -66,7 +66,7 @@ _POOL_TAPS = ((0, 0), (0, 1), (1, 0))
 
 def _pool_windows(x: jax.Array):
     """The 9 window taps of every output, as (N, ho, wo, C) strided slices, in row-major window order."""
-    n, h, w, c = x.shape
+    h, w = x.shape[1:3]
     ho, wo = (h + 1) // 2, (w + 1) // 2
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
     for dy in range(3):
