@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -233,34 +233,20 @@ def visualize_layers(
         settings = common | {"layer": layer, "objective": full.description, "measure": target.description}
         # Through JSON and back (tuples become lists), so it compares equal to what settings.json holds.
         settings = json.loads(json.dumps(settings))
-        plans.append((layer, full, target, chans, settings))
+        folder = out_dir / report_images.file_stem(layer)
+        config = dataclasses.replace(base_config, measure=target)
+        plans.append(_LayerPlan(layer, full, target, chans, settings, config, folder))
 
     bar = None
     if progress and writer:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(len(p[3]) for p in plans), desc="featviz", unit="ch")
+        bar = tqdm(total=sum(len(p.channels) for p in plans), desc="featviz", unit="ch")
     summary: dict[str, Any] = {"out_dir": str(out_dir), "layers": {}}
     try:
-        for layer, full, target, chans, settings in plans:
-            config = dataclasses.replace(base_config, measure=target)
-            folder = out_dir / report_images.file_stem(layer)
-            summary["layers"][layer] = _one_layer(
-                agent,
-                layer,
-                full,
-                target,
-                chans,
-                settings,
-                key,
-                folder,
-                config,
-                real_frames,
-                scale,
-                resume,
-                writer,
-                bar,
-            )
+        shared = _Shared(agent, key, real_frames, scale, resume, writer, bar)
+        for plan in plans:
+            summary["layers"][plan.layer] = _one_layer(shared, plan)
     finally:
         if bar is not None:
             bar.close()
@@ -273,22 +259,33 @@ def visualize_layers(
     return summary
 
 
-def _one_layer(
-    agent,
-    layer,
-    full,
-    target,
-    chans,
-    settings,
-    key,
-    folder: Path,
-    config,
-    real_frames,
-    scale,
-    resume,
-    writer,
-    bar,
-) -> dict[str, Any]:
+class _LayerPlan(NamedTuple):
+    """One layer's job: its objective and the measure reported, channels, settings, config and output folder."""
+
+    layer: str
+    full: obj.Objective
+    target: obj.Objective
+    channels: list[int]
+    settings: dict[str, Any]
+    config: VisualizeConfig
+    folder: Path
+
+
+class _Shared(NamedTuple):
+    """What every layer of one ``visualize_layers`` call shares."""
+
+    agent: Agent
+    key: Any
+    real_frames: Any
+    scale: int
+    resume: bool
+    writer: bool
+    bar: Any
+
+
+def _one_layer(shared: _Shared, plan: _LayerPlan) -> dict[str, Any]:
+    agent, key, real_frames, scale, resume, writer, bar = shared
+    layer, full, target, chans, settings, config, folder = plan
     settings_path, final_path = folder / "settings.json", folder / "images.npz"
     chunk_dir = folder / "chunks"
     same = resume and settings_path.exists() and json.loads(settings_path.read_text()) == settings
