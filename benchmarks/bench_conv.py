@@ -9,27 +9,17 @@ Both frameworks use the same number of threads; timings alternate in one process
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from bench_forward import best_of  # benchmarks/ is on sys.path when run as a script
 
 from jaxinterp.models.layers import conv2d
 
 # (spatial size, in channels, out channels, how many of them one IMPALA forward runs)
 SHAPES = [(64, 3, 16, 1), (32, 16, 16, 4), (32, 16, 32, 1), (16, 32, 32, 5), (8, 32, 32, 4)]
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

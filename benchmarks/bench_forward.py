@@ -22,6 +22,8 @@ from torch_models import random_model
 
 
 def best_of(fn, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` timed calls, after one untimed call (compilation, caches)."""
+    fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
