@@ -118,50 +118,15 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
     data = tmp_path / "data"
     assert main(["rollout", "--random", "--frames", "64", "--num-envs", "4", "--out", str(data)]) == 0
     out = tmp_path / "ex"
-    assert (
-        main(
-            [
-                "examples",
-                "--checkpoint",
-                str(checkpoint),
-                "--layer",
-                "conv_seqs.1.res_block1",
-                "--dataset",
-                str(data),
-                "--channels",
-                "0-1",
-                "--k",
-                "4",
-                "--diversity",
-                "0.5",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
+    examples = (
+        f"examples --checkpoint {checkpoint} --layer conv_seqs.1.res_block1 --dataset {data} --out {out}"
     )
+    assert main([*examples.split(), "--channels", "0-1", "--k", "4", "--diversity", "0.5"]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == [
         "conv_seqs_1_res_block1_0000.png",
         "conv_seqs_1_res_block1_0001.png",
     ]
-    assert (
-        main(
-            [
-                "examples",
-                "--checkpoint",
-                str(checkpoint),
-                "--layer",
-                "conv_seqs.1.res_block1",
-                "--dataset",
-                str(data),
-                "--channels",
-                "40",
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert main([*examples.split(), "--channels", "40"]) == 2
     assert "out of range" in capsys.readouterr().err
     att = tmp_path / "att"
     assert (
