@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxinterp.agent.ppo import PPOConfig, RewardNormalizer, Transition, compute_gae, make_train
+from jaxinterp.agent.ppo import (
+    PPOConfig,
+    RewardNormalizer,
+    Transition,
+    compute_gae,
+    make_train,
+    minibatch_data,
+)
 from jaxinterp.agent.train import load_run_agent, train
 from jaxinterp.errors import JaxinterpError
 
@@ -72,15 +79,7 @@ def test_scanned_update_equals_host_loop_of_minibatch_steps():
 
     # the same epochs and permutations, stepped one minibatch at a time from the host
     adv, ret = compute_gae(traj, last_value, TINY.gamma, TINY.gae_lambda)
-    flat = {
-        "obs": traj.obs,
-        "action": traj.action,
-        "logp": traj.logp,
-        "value": traj.value,
-        "adv": adv,
-        "ret": ret,
-    }
-    flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), flat)
+    flat = minibatch_data(traj, adv, ret)
     _, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
     params, opt_state = state.params, state.opt_state
     step = jax.jit(trainer.minibatch_step)

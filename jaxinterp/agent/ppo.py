@@ -131,6 +131,19 @@ def compute_gae(
     return adv, adv + traj.value
 
 
+def minibatch_data(traj: Transition, adv: jax.Array, ret: jax.Array) -> dict[str, jax.Array]:
+    """The loss's inputs for every frame of a rollout, time and env axes flattened into one batch axis."""
+    data = {
+        "obs": traj.obs,
+        "action": traj.action,
+        "logp": traj.logp,
+        "value": traj.value,
+        "adv": adv,
+        "ret": ret,
+    }
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), data)
+
+
 class Trainer(NamedTuple):
     """The pure pieces of PPO for one config (``make_train``'s result)."""
 
@@ -205,15 +218,7 @@ def make_train(config: PPOConfig) -> Trainer:
     @jax.jit
     def update(state: TrainState, traj: Transition, last_value: jax.Array):
         adv, ret = compute_gae(traj, last_value, config.gamma, config.gae_lambda)
-        flat = {
-            "obs": traj.obs,
-            "action": traj.action,
-            "logp": traj.logp,
-            "value": traj.value,
-            "adv": adv,
-            "ret": ret,
-        }
-        flat = jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:]), flat)
+        flat = minibatch_data(traj, adv, ret)
         key, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
 
         def epoch(carry, k):

@@ -138,6 +138,7 @@ def train(
         desc=f"PPO {config.arch}",
         smoothing=0.05,
     )
+    warmup = config.num_envs * EPISODE_LIMIT  # frames until every env has finished one episode
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while int(state.frames) < frames:
@@ -176,9 +177,7 @@ def train(
             )
             if time.monotonic() - last_save > checkpoint_every_s:
                 ckpts.save(*consistent)
-                plot_learning_curve(
-                    history, run_dir / "learning_curve.png", warmup_frames=config.num_envs * EPISODE_LIMIT
-                )
+                plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
                 last_save = time.monotonic()
     except KeyboardInterrupt:
         bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
@@ -186,9 +185,7 @@ def train(
         signal.signal(signal.SIGTERM, previous)
         bar.close()
         ckpts.save(*consistent)
-        plot_learning_curve(
-            history, run_dir / "learning_curve.png", warmup_frames=config.num_envs * EPISODE_LIMIT
-        )
+        plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
         env.close()
     return consistent[0]
 

@@ -28,7 +28,7 @@ class Agent:
         self.arch = get_architecture(arch) if isinstance(arch, str) else arch
         self.params = params
         self.num_actions = num_actions
-        self.build_kwargs = {"num_actions": num_actions} | ({"channels": tuple(channels)} if channels else {})
+        self.build_kwargs = _build_kwargs(num_actions, channels)
         self.module = self.arch.build(**self.build_kwargs)
 
     @classmethod
@@ -39,8 +39,8 @@ class Agent:
         from jaxinterp.weights.convert import init_params
 
         arch = get_architecture(arch) if isinstance(arch, str) else arch
-        kwargs = {"num_actions": num_actions} | ({"channels": tuple(channels)} if channels else {})
-        return cls(arch, init_params(arch, jax.random.key(seed), **kwargs), **kwargs)
+        params = init_params(arch, jax.random.key(seed), **_build_kwargs(num_actions, channels))
+        return cls(arch, params, num_actions=num_actions, channels=channels)
 
     def __repr__(self) -> str:
         return f"Agent({self.arch.name!r}, num_actions={self.num_actions}, params={self.num_params:,})"
@@ -103,6 +103,11 @@ class Agent:
     def activations(self, obs, names: Sequence[str]) -> dict[str, jax.Array]:
         """``{name: activation}`` for uint8 frames, exactly what a torch forward hook returns (as NHWC)."""
         return _jit_activations(self, self.check_layers(names))(self.params, check_obs(obs))
+
+
+def _build_kwargs(num_actions: int, channels) -> dict:
+    """The architecture's constructor arguments: channel widths only when they differ from its defaults."""
+    return {"num_actions": num_actions} | ({"channels": tuple(channels)} if channels else {})
 
 
 def parse_channels(spec: str | int | Sequence[int] | None, n: int, what: str = "the layer") -> list[int]:

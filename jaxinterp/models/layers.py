@@ -4,8 +4,8 @@ Two choices here decide the speed of everything built on the models (measured, s
 - ``conv2d`` is a ``jax.custom_vjp`` whose backward passes are themselves standard-layout convolutions. Inside
   ``lax.scan`` XLA:CPU otherwise keeps backward convolutions in a non-standard kernel layout that runs as generated
   loops (6-22x slower); gradients are identical to the plain convolution's.
-- ``max_pool`` is the max of the 9 window taps read from the 2x2 phase sub-grids of the -inf padded input, with a
-  ``custom_vjp`` that routes the gradient at output resolution: the backward of ``lax.reduce_window``
+- ``max_pool`` is the max of the 9 window taps (strided slices of the -inf padded input), with a ``custom_vjp``
+  that routes the gradient at output resolution through the 2x2 phase sub-grids: the backward of ``lax.reduce_window``
   (select_and_scatter) cost as much as all the convolutions' weight gradients, and autodiff of strided slices
   (9 full-size pads) still cost ~35% of a PPO gradient step.
 """
