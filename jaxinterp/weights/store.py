@@ -116,7 +116,8 @@ def default_checkpoint() -> Path:
     path = weights_dir() / f"{DEFAULT_AGENT_NAME}.pt"
     if not path.exists():
         raise JaxinterpError(
-            f"no default agent at {path}: pass --checkpoint FILE (torch .pt/.pth, .safetensors or an orbax dir), "
+            f"no default agent at {path}: pass --checkpoint FILE (torch .pt/.pth, .safetensors, an orbax dir, or a "
+            "train-agent run directory such as training/heist-impala), "
             "or train one with `jaxinterp train-agent --frames N --out DIR` and `jaxinterp export-agent DIR "
             f"weights/{DEFAULT_AGENT_NAME}`"
         )
