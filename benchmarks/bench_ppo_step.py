@@ -1,8 +1,11 @@
-"""The PPO minibatch step (forward, loss, gradient, Adam) in ms per frame, with three max-pool implementations
-swapped into the same network in one process: jaxinterp's custom-VJP pool, the same taps differentiated by JAX
-(9 strided slices), and ``lax.reduce_window``.
+"""The PPO minibatch step (forward, loss, gradient, Adam) in ms per frame, in one process:
 
-Run: taskset -c 0 uv run python benchmarks/bench_ppo_step.py [--batches 128,512] [--repeats 5]
+* three max-pool implementations swapped into the same network, each minibatch in one pass: jaxinterp's
+  custom-VJP pool, the same taps differentiated by JAX (9 strided slices), and ``lax.reduce_window``;
+* one minibatch (``--minibatch``) with its gradient accumulated over micro-batches of several sizes
+  (``PPOConfig.microbatch_size``; the update is the same, only the speed differs).
+
+Run: taskset -c 0 uv run python benchmarks/bench_ppo_step.py [--batches 128,512] [--microbatches 16,32,64,512]
 """
 
 import argparse
@@ -36,10 +39,13 @@ POOLS = {
 }
 
 
-def step_ms_per_frame(batch: int, pool, repeats: int) -> float:
+def step_ms_per_frame(batch: int, pool, repeats: int, microbatch: int | None = None) -> float:
     impala.max_pool = pool  # the module-level name the network calls
     make_train.cache_clear()
-    trainer = make_train(PPOConfig(num_envs=batch, num_steps=1, num_minibatches=1, update_epochs=1))
+    config = PPOConfig(
+        num_envs=batch, num_steps=1, num_minibatches=1, update_epochs=1, microbatch_size=microbatch or batch
+    )
+    trainer = make_train(config)
     state = trainer.init(jax.random.key(0))
     k = jax.random.split(jax.random.key(1), 3)
     mb = {
@@ -64,17 +70,22 @@ def step_ms_per_frame(batch: int, pool, repeats: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batches", default="128,512")
+    p.add_argument("--minibatch", type=int, default=512)
+    p.add_argument("--microbatches", default="16,32,64,128,512")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     original = impala.max_pool
     print(f"# jax {jax.__version__}; PPO minibatch step, ms per frame (best of {args.repeats})")
-    print("| minibatch | " + " | ".join(POOLS) + " |\n|---|" + "---|" * len(POOLS))
+    print("| minibatch (one pass) | " + " | ".join(POOLS) + " |\n|---|" + "---|" * len(POOLS))
     try:
         for b in map(int, args.batches.split(",")):
             row = [step_ms_per_frame(b, pool, args.repeats) for pool in POOLS.values()]
             print(f"| {b} | " + " | ".join(f"{t:.2f}" for t in row) + " |", flush=True)
     finally:
         impala.max_pool = original
+    print(f"\n| minibatch {args.minibatch}, micro-batch | ms per frame |\n|---|---|")
+    for m in map(int, args.microbatches.split(",")):
+        print(f"| {m} | {step_ms_per_frame(args.minibatch, original, args.repeats, m):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """PPO: GAE by hand, jitted update vs an unjitted reference, scan vs loop, end-to-end tiny run, exact resume."""
 
+import dataclasses
 import json
 
 import jax
@@ -70,6 +71,18 @@ def test_jitted_minibatch_step_equals_unjitted_reference():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), jitted, ref)
 
 
+def test_microbatched_minibatch_step_equals_one_pass():
+    traj = _fake_traj(make_train(TINY), jax.random.key(2))
+    mb = jax.tree.map(lambda x: x[:8], minibatch_data(traj, traj.reward - 0.5, traj.reward))
+    results = []
+    for size in (8, 2):  # TINY's minibatch holds 8 frames: one pass, then 4 micro-batches of 2
+        trainer = make_train(dataclasses.replace(TINY, microbatch_size=size))
+        assert trainer.config.microbatches == 8 // size
+        state = trainer.init(jax.random.key(1))
+        results.append(jax.jit(trainer.minibatch_step)(state.params, state.opt_state, mb))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *results)
+
+
 def test_scanned_update_equals_host_loop_of_minibatch_steps():
     trainer = make_train(TINY)
     state = trainer.init(jax.random.key(1))
@@ -111,6 +124,8 @@ def test_config_errors():
         PPOConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(JaxinterpError, match="unknown architecture"):
         PPOConfig(arch="resnet")
+    with pytest.raises(JaxinterpError, match="microbatch_size must divide the minibatch size 8"):
+        PPOConfig(num_envs=2, num_steps=8, num_minibatches=2, microbatch_size=3)
 
 
 @pytest.mark.slow
@@ -130,3 +145,8 @@ def test_tiny_run_trains_end_to_end_and_resume_is_exact(tmp_path):
     assert meta["frames"] == frames
     with pytest.raises(JaxinterpError, match="another config"):
         train(TINY, tmp_path / "b", frames=frames, seed=4, progress=False)
+    with pytest.raises(JaxinterpError, match="another config"):
+        train(dataclasses.replace(TINY, lr=1e-3), tmp_path / "b", frames=frames, seed=3, progress=False)
+    # the micro-batch size changes speed, not the math: a run resumes with another one
+    again = train(dataclasses.replace(TINY, microbatch_size=2), tmp_path / "b", frames=frames, seed=3, progress=False)
+    jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)
