@@ -74,13 +74,16 @@ def test_jitted_minibatch_step_equals_unjitted_reference():
 def test_microbatched_minibatch_step_equals_one_pass():
     traj = _fake_traj(make_train(TINY), jax.random.key(2))
     mb = jax.tree.map(lambda x: x[:8], minibatch_data(traj, traj.reward - 0.5, traj.reward))
-    results = []
+    results, acts = [], []
     for size in (8, 2):  # TINY's minibatch holds 8 frames: one pass, then 4 micro-batches of 2
         trainer = make_train(dataclasses.replace(TINY, microbatch_size=size))
         assert trainer.config.microbatches == 8 // size
         state = trainer.init(jax.random.key(1))
         results.append(jax.jit(trainer.minibatch_step)(state.params, state.opt_state, mb))
+        acts.append(trainer.policy_step(state.params, mb["obs"], jax.random.key(3)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *results)
+    np.testing.assert_array_equal(acts[0][0], acts[1][0])  # same actions sampled
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *acts)
 
 
 def test_scanned_update_equals_host_loop_of_minibatch_steps():

@@ -48,10 +48,10 @@ class PPOConfig:
     num_levels: int = 0
     start_level: int = 0
     microbatch_size: int | None = None
-    """Frames per forward/backward pass inside a minibatch; the minibatch's gradient is their mean, so this
-    changes speed, not the update. None picks 32 on CPU (measured fastest, `benchmarks/bench_ppo_step.py`:
-    XLA:CPU's convolutions run ~1.5x faster per frame on batches of 32 than of 512) and the whole minibatch on
-    accelerators."""
+    """Frames per network pass: a minibatch's gradient is the mean over passes of this size, and a policy step
+    runs its envs in passes of it (when it divides their number), so it changes speed, not results. None picks 32
+    on CPU (measured fastest, `benchmarks/bench_ppo_step.py`: XLA:CPU's convolutions run ~2x faster per frame on
+    batches of 32 than of 512) and one pass on accelerators."""
 
     def __post_init__(self) -> None:
         get_architecture(self.arch)
@@ -69,14 +69,18 @@ class PPOConfig:
                 f"microbatch_size must divide the minibatch size {mb_size}, got {self.microbatch_size}"
             )
 
-    @property
-    def microbatches(self) -> int:
-        """How many micro-batches each minibatch's gradient is accumulated over."""
-        mb_size = self.frames_per_iteration // self.num_minibatches
+    def pass_size(self, batch: int) -> int:
+        """Frames per network pass for a batch of ``batch`` frames (always a divisor of it)."""
         size = self.microbatch_size
         if size is None:
-            size = CPU_MICROBATCH if jax.default_backend() == "cpu" and mb_size % CPU_MICROBATCH == 0 else mb_size
-        return mb_size // size
+            size = CPU_MICROBATCH if jax.default_backend() == "cpu" else batch
+        return size if batch % size == 0 else batch
+
+    @property
+    def microbatches(self) -> int:
+        """How many passes each minibatch's gradient is accumulated over."""
+        mb_size = self.frames_per_iteration // self.num_minibatches
+        return mb_size // self.pass_size(mb_size)
 
     @property
     def frames_per_iteration(self) -> int:
@@ -211,7 +215,9 @@ def make_train(config: PPOConfig) -> Trainer:
 
     @jax.jit
     def policy_step(params, obs, key):
-        logits, value = agent.apply(params, obs)
+        passes = obs.reshape(-1, config.pass_size(obs.shape[0]), *obs.shape[1:])
+        logits, value = jax.lax.map(lambda o: agent.apply(params, o), passes)
+        logits, value = logits.reshape(-1, logits.shape[-1]), value.reshape(-1)
         action = jax.random.categorical(key, logits)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
         return action, logp, value
