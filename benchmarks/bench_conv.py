@@ -1,5 +1,7 @@
-"""Each IMPALA convolution shape on its own: XLA (jaxinterp's ``conv2d``) vs torch, forward, input gradient and
-weight gradient, in GFLOP/s.
+"""Each IMPALA convolution shape on its own: jaxinterp's ``conv2d``, the plain XLA convolution
+(``lax.conv_general_dilated`` differentiated by JAX) and torch, forward, input gradient and weight gradient, in
+GFLOP/s. ``conv2d`` runs the 3-channel input convolution as a patch matmul, the others as XLA convolutions with a
+custom backward.
 
 Why: the PPO update, feature visualization and dataset examples all spend 85-95% of their time in these
 convolutions, so this table says where jaxinterp can or cannot beat torch on this CPU.
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from bench_forward import best_of  # benchmarks/ is on sys.path when run as a script
 
-from jaxinterp.models.layers import conv2d
+from jaxinterp.models.layers import _conv, conv2d
 
 # (spatial size, in channels, out channels, how many of them one IMPALA forward runs)
 SHAPES = [(64, 3, 16, 1), (32, 16, 16, 4), (32, 16, 32, 1), (16, 32, 32, 5), (8, 32, 32, 4)]
@@ -32,26 +34,26 @@ def main() -> None:
     print(
         f"# batch {b}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
-    print("| H×W | in→out | × per forward | pass | XLA GFLOP/s | torch GFLOP/s | torch/XLA |")
-    print("|---|---|---|---|---|---|---|")
+    print("| H×W | in→out | × per forward | pass | conv2d GFLOP/s | plain XLA | torch | torch/conv2d |")
+    print("|---|---|---|---|---|---|---|---|")
     for h, ci, co, count in SHAPES:
-        for name, xla, tor in bench_shape(b, h, ci, co, args.repeats):
-            print(f"| {h}×{h} | {ci}→{co} | {count} | {name} | {xla:.1f} | {tor:.1f} | {tor / xla:.2f}× |")
+        for name, ours, plain, tor in bench_shape(b, h, ci, co, args.repeats):
+            print(
+                f"| {h}×{h} | {ci}→{co} | {count} | {name} | {ours:.1f} | {plain:.1f} | {tor:.1f} "
+                f"| {tor / ours:.2f}× |",
+                flush=True,
+            )
 
 
-@jax.jit
-def _fwd(x, w):
-    return conv2d(x, w, 1)
+def _passes(conv):
+    """Jitted forward, input gradient and weight gradient of ``conv(x, w, 1)``."""
+    fwd = jax.jit(lambda x, w: conv(x, w, 1))
+    dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: conv(x, w, 1), x)[1](g)[0])
+    dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w, 1), w)[1](g)[0])
+    return fwd, dx, dw
 
 
-@jax.jit
-def _dx(x, w, g):
-    return jax.vjp(lambda x: conv2d(x, w, 1), x)[1](g)[0]
-
-
-@jax.jit
-def _dw(x, w, g):
-    return jax.vjp(lambda w: conv2d(x, w, 1), w)[1](g)[0]
+CONVS = {"conv2d": _passes(conv2d), "plain": _passes(_conv)}
 
 
 def bench_shape(b: int, h: int, ci: int, co: int, repeats: int) -> list[tuple[str, float, float]]:
@@ -73,24 +75,25 @@ def bench_shape(b: int, h: int, ci: int, co: int, repeats: int) -> list[tuple[st
         torch.autograd.grad(torch.nn.functional.conv2d(xt, wt, padding=1), wrt, gt)
 
     # torch's gradient calls run the forward too (autograd needs it), so XLA's gradient times add one forward.
-    j_fwd = best_of(lambda: jax.block_until_ready(_fwd(xj, wj)), repeats)
-    timings = [
-        ("forward", j_fwd, best_of(t_fwd, repeats), 1),
-        (
-            "input grad",
-            j_fwd + best_of(lambda: jax.block_until_ready(_dx(xj, wj, gj)), repeats),
-            best_of(lambda: t_grad(xt), repeats),
-            2,
-        ),
-        (
-            "weight grad",
-            j_fwd + best_of(lambda: jax.block_until_ready(_dw(xj, wj, gj)), repeats),
-            best_of(lambda: t_grad(wt), repeats),
-            2,
-        ),
-    ]
+    def jax_times(fwd, dx, dw):
+        t_fwd = best_of(lambda: jax.block_until_ready(fwd(xj, wj)), repeats)
+        return (
+            t_fwd,
+            t_fwd + best_of(lambda: jax.block_until_ready(dx(xj, wj, gj)), repeats),
+            t_fwd + best_of(lambda: jax.block_until_ready(dw(xj, wj, gj)), repeats),
+        )
+
+    ours, plain = jax_times(*CONVS["conv2d"]), jax_times(*CONVS["plain"])
+    torch_times = (
+        best_of(t_fwd, repeats),
+        best_of(lambda: t_grad(xt), repeats),
+        best_of(lambda: t_grad(wt), repeats),
+    )
     flops = 2 * b * h * h * 9 * ci * co / 1e9
-    return [(name, mult * flops / tj, mult * flops / tt) for name, tj, tt, mult in timings]
+    return [
+        (name, mult * flops / ours[i], mult * flops / plain[i], mult * flops / torch_times[i])
+        for i, (name, mult) in enumerate((("forward", 1), ("input grad", 2), ("weight grad", 2)))
+    ]
 
 
 if __name__ == "__main__":

@@ -151,5 +151,7 @@ def test_tiny_run_trains_end_to_end_and_resume_is_exact(tmp_path):
     with pytest.raises(JaxinterpError, match="another config"):
         train(dataclasses.replace(TINY, lr=1e-3), tmp_path / "b", frames=frames, seed=3, progress=False)
     # the micro-batch size changes speed, not the math: a run resumes with another one
-    again = train(dataclasses.replace(TINY, microbatch_size=2), tmp_path / "b", frames=frames, seed=3, progress=False)
+    again = train(
+        dataclasses.replace(TINY, microbatch_size=2), tmp_path / "b", frames=frames, seed=3, progress=False
+    )
     jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)

@@ -22,7 +22,6 @@ from jaxinterp.models.agent import Agent
 from jaxinterp.models.impala import get_architecture
 from jaxinterp.weights.convert import init_params
 
-
 CPU_MICROBATCH = 32
 COMPUTE_ONLY = ("microbatch_size",)  # config fields that change speed but not the training math
 

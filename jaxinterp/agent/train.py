@@ -106,8 +106,8 @@ def train(
     run_meta = {"ppo": config.to_dict(), "seed": seed}
     if saved.exists():
         old = json.loads(saved.read_text())
-        same = {k: v for k, v in old.get("ppo", {}).items() if k not in COMPUTE_ONLY} == config.algorithm_dict()
-        if not same or old.get("seed") != seed:
+        old_algorithm = {k: v for k, v in old.get("ppo", {}).items() if k not in COMPUTE_ONLY}
+        if old_algorithm != config.algorithm_dict() or old.get("seed") != seed:
             raise JaxinterpError(
                 f"{run_dir} holds a run with another config or seed ({old}); use a new --out directory "
                 "or the same settings to resume it"

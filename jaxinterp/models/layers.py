@@ -3,7 +3,8 @@
 Two choices here decide the speed of everything built on the models (measured, see ../shared/CPU-PERFORMANCE.md):
 - ``conv2d`` is a ``jax.custom_vjp`` whose backward passes are themselves standard-layout convolutions. Inside
   ``lax.scan`` XLA:CPU otherwise keeps backward convolutions in a non-standard kernel layout that runs as generated
-  loops (6-22x slower); gradients are identical to the plain convolution's.
+  loops (6-22x slower); gradients are identical to the plain convolution's. The RGB input's convolution runs as a
+  matmul over channels-first patches instead (XLA's convolution is slowest there).
 - ``max_pool`` is the max of the 9 window taps (strided slices of the -inf padded input), with a ``custom_vjp``
   that routes the gradient at output resolution through the 2x2 phase sub-grids: the backward of ``lax.reduce_window``
   (select_and_scatter) cost as much as all the convolutions' weight gradients, and autodiff of strided slices
@@ -28,22 +29,61 @@ def _conv(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
     return lax.conv_general_dilated(x, w, (1, 1), [(padding, padding)] * 2, dimension_numbers=_NHWC)
 
 
+FEW_CHANNELS = 4
+"""Convolutions of at most this many input channels (the RGB input's) run as `_conv_patches`."""
+
+
+def _conv_patches(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """``_conv`` as one matmul over the input's patches, laid out channels-first so that every copy moves whole
+    image rows. For 3 input channels XLA:CPU's convolution reads the input 3 floats at a time: at 64x64 this runs
+    1.5x faster forward and its autodiff input gradient 2.5x faster (`benchmarks/bench_conv.py`)."""
+    kh, kw, cin, cout = w.shape
+    n, h, wd, _ = x.shape
+    ho, wo = h + 2 * padding - kh + 1, wd + 2 * padding - kw + 1
+    xc = jnp.pad(x.transpose(3, 0, 1, 2), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    patches = jnp.stack([xc[:, :, dy : dy + ho, dx : dx + wo] for dy in range(kh) for dx in range(kw)])
+    out = w.reshape(kh * kw * cin, cout).T @ patches.reshape(kh * kw * cin, n * ho * wo)
+    return out.reshape(cout, n, ho, wo).transpose(1, 2, 3, 0)
+
+
+def _conv_patches_input_grad(g: jax.Array, w: jax.Array, padding: int, x_shape) -> jax.Array:
+    """The input gradient of `_conv_patches`: per pixel, the cotangent times the kernel gives each tap's share
+    (one matmul), added back at the tap's offset. Kept in NHWC, where the gradient arrives (a channels-first
+    transpose here fused into the layers above and ran 4x slower)."""
+    kh, kw, cin, cout = w.shape
+    n, h, wd, _ = x_shape
+    ho, wo = g.shape[1:3]
+    taps = (g.reshape(-1, cout) @ w.reshape(kh * kw * cin, cout).T).reshape(n, ho, wo, kh * kw, cin)
+    full = jnp.zeros((n, h + 2 * padding, wd + 2 * padding, cin), g.dtype)
+    for k in range(kh * kw):
+        dy, dx = divmod(k, kw)
+        full = full.at[:, dy : dy + ho, dx : dx + wo].add(taps[:, :, :, k])
+    return full[:, padding : padding + h, padding : padding + wd]
+
+
+def _conv_fast(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    return (_conv_patches if w.shape[2] <= FEW_CHANNELS else _conv)(x, w, padding)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
     """Stride-1 NHWC convolution (kernel HWIO, symmetric zero padding) with a scan-friendly backward pass."""
-    return _conv(x, w, padding)
+    return _conv_fast(x, w, padding)
 
 
 def _conv2d_fwd(x, w, padding):
-    return _conv(x, w, padding), (x, w)
+    return _conv_fast(x, w, padding), (x, w)
 
 
 def _conv2d_bwd(padding, residuals, g):
     x, w = residuals
     kh = w.shape[0]
-    # Input gradient: a "full" convolution of g with the kernel flipped spatially and in/out channels swapped.
-    w_flip = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _conv(g, w_flip, kh - 1 - padding)
+    if w.shape[2] <= FEW_CHANNELS:
+        dx = _conv_patches_input_grad(g, w, padding, x.shape)
+    else:
+        # A "full" convolution of g with the kernel flipped spatially and in/out channels swapped.
+        w_flip = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+        dx = _conv(g, w_flip, kh - 1 - padding)
     # Weight gradient: correlate the padded input with g, contracting over the batch: the batch axis plays the
     # role of input features (x as (C_in, H, W, N) and g as (H', W', N, C_out)), giving (C_in, kh, kw, C_out).
     dw = lax.conv_general_dilated(
@@ -81,14 +121,12 @@ def max_pool(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_fwd(x):
-    best, idx = None, None
-    for k, tap in enumerate(_pool_windows(x)):
-        if best is None:
-            best, idx = tap, jnp.zeros(tap.shape, jnp.int8)
-        else:
-            idx = jnp.where(tap > best, jnp.int8(k), idx)  # strict: the first maximum gets the gradient
-            best = jnp.maximum(best, tap)
-    return best, (idx, x.shape)
+    # Which tap is the window's first maximum: the least k with tap_k == max. XLA fuses this into the backward and
+    # recomputes it there; as a min over equalities that costs 2.5x less than a running strict-greater argmax.
+    taps = list(_pool_windows(x))
+    best = functools.reduce(jnp.maximum, taps)
+    first = jnp.stack([jnp.where(t == best, jnp.int8(k), jnp.int8(len(taps))) for k, t in enumerate(taps)])
+    return best, (first.min(0), x.shape)
 
 
 def _max_pool_bwd(residuals, g):
