@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,7 +187,6 @@ def _color_stats(checkpoint: Path, agent: Agent, frames: np.ndarray):
     """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached (keyed
     by the weights' bytes, so a training run that moves on gets fresh statistics)."""
     import hashlib
-    import os
 
     import jax
 
@@ -378,6 +378,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="agent weights (default: the shipped agent in weights/)")
+
+
+def entry() -> int:
+    """The ``jaxinterp`` console script: `main` in a fresh process, where ``visualize`` first splits the CPU."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["visualize"]:
+        _one_cpu_device_per_core()
+    return main(argv)
+
+
+def _one_cpu_device_per_core() -> None:
+    """Expose each CPU core as a JAX device, unless ``XLA_FLAGS`` already sets a count, so that visualization shards
+    its channels over the cores: on 2 cores 1.04-1.31x faster than one device running XLA's own threads
+    (`benchmarks/RESULTS.md`). Only takes effect before JAX starts its backends; accelerators are unaffected."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,3 +183,18 @@ def test_visualize_writes_pngs_sheet_and_npz(checkpoint, tmp_path, monkeypatch, 
     assert "p99" in capsys.readouterr().out
     assert main(args[:5] + ["--channels", "99", "--out", str(out)]) == 2
     assert "99" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", [None, "--xla_force_host_platform_device_count=3"])
+def test_visualize_entry_exposes_one_cpu_device_per_core(preset):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if preset:
+        env["XLA_FLAGS"] = preset
+    code = "from jaxinterp.cli import _one_cpu_device_per_core as f; f(); import jax; print(len(jax.devices('cpu')))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cores = len(os.sched_getaffinity(0))
+    assert int(out.stdout.split()[-1]) == (3 if preset else cores)  # a count the user set is left alone
