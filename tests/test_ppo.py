@@ -107,6 +107,29 @@ def test_scanned_update_equals_host_loop_of_minibatch_steps():
     )
 
 
+def test_updates_make_the_rewarded_actions_more_likely():
+    # A bandit on Heist-shaped frames: actions 0-6 earn 1, the others 0, every step ends its episode. PPO must move
+    # probability mass onto the rewarded actions (a wrong sign or a misaligned advantage would move it away).
+    config = dataclasses.replace(TINY, num_envs=8, ent_coef=0.0, lr=1e-3, normalize_rewards=False)
+    trainer = make_train(config)
+    state = trainer.init(jax.random.key(5))
+    obs = jax.random.randint(jax.random.key(6), (config.num_steps, config.num_envs, 64, 64, 3), 0, 256)
+    obs = obs.astype(jnp.uint8)
+
+    def rewarded_mass(params):
+        logits, _ = trainer.agent.apply(params, obs.reshape(-1, 64, 64, 3))
+        return float(jax.nn.softmax(logits)[:, :7].sum(-1).mean())
+
+    before = rewarded_mass(state.params)
+    for i in range(8):
+        keys = jax.random.split(jax.random.key(100 + i), config.num_steps)
+        action, logp, value = jax.vmap(trainer.policy_step, (None, 0, 0))(state.params, obs, keys)
+        reward = (action < 7).astype(jnp.float32)
+        done = jnp.ones_like(reward, bool)
+        state, _ = trainer.update(state, Transition(obs, action, logp, value, reward, done), value[-1])
+    assert rewarded_mass(state.params) > before + 0.1, (before, rewarded_mass(state.params))
+
+
 def test_reward_normalizer_matches_running_statistics():
     norm = RewardNormalizer.create(2)
     rets, seen = np.zeros(2), []
