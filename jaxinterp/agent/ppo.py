@@ -18,11 +18,10 @@ import numpy as np
 import optax
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.agent import Agent
+from jaxinterp.models.agent import Agent, in_passes, pass_size
 from jaxinterp.models.impala import get_architecture
 from jaxinterp.weights.convert import init_params
 
-CPU_MICROBATCH = 32
 COMPUTE_ONLY = ("microbatch_size",)  # config fields that change speed but not the training math
 
 
@@ -48,9 +47,8 @@ class PPOConfig:
     start_level: int = 0
     microbatch_size: int | None = None
     """Frames per network pass: a minibatch's gradient is the mean over passes of this size, and a policy step
-    runs its envs in passes of it (when it divides their number), so it changes speed, not results. None picks 32
-    on CPU (measured fastest, `benchmarks/bench_ppo_step.py`: XLA:CPU's convolutions run ~2x faster per frame on
-    batches of 32 than of 512) and one pass on accelerators."""
+    runs its envs in passes of it (when it divides their number), so it changes speed, not results. None picks
+    `jaxinterp.models.agent.CPU_PASS_SIZE` (32) on CPU and one pass on accelerators."""
 
     def __post_init__(self) -> None:
         get_architecture(self.arch)
@@ -68,18 +66,11 @@ class PPOConfig:
                 f"microbatch_size must divide the minibatch size {mb_size}, got {self.microbatch_size}"
             )
 
-    def pass_size(self, batch: int) -> int:
-        """Frames per network pass for a batch of ``batch`` frames (always a divisor of it)."""
-        size = self.microbatch_size
-        if size is None:
-            size = CPU_MICROBATCH if jax.default_backend() == "cpu" else batch
-        return size if batch % size == 0 else batch
-
     @property
     def microbatches(self) -> int:
         """How many passes each minibatch's gradient is accumulated over."""
         mb_size = self.frames_per_iteration // self.num_minibatches
-        return mb_size // self.pass_size(mb_size)
+        return mb_size // pass_size(mb_size, self.microbatch_size)
 
     @property
     def frames_per_iteration(self) -> int:
@@ -214,9 +205,7 @@ def make_train(config: PPOConfig) -> Trainer:
 
     @jax.jit
     def policy_step(params, obs, key):
-        passes = obs.reshape(-1, config.pass_size(obs.shape[0]), *obs.shape[1:])
-        logits, value = jax.lax.map(lambda o: agent.apply(params, o), passes)
-        logits, value = logits.reshape(-1, logits.shape[-1]), value.reshape(-1)
+        logits, value = in_passes(lambda o: agent.apply(params, o), obs, config.microbatch_size)
         action = jax.random.categorical(key, logits)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
         return action, logp, value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +137,26 @@ def parse_channels(spec: str | int | Sequence[int] | None, n: int, what: str = "
     if not items:
         raise JaxinterpError(f"no channels in {spec!r}; use e.g. all, 3, 0-15, 1,4,9")
     return list(dict.fromkeys(items))
+
+
+CPU_PASS_SIZE = 32
+"""Frames per network pass on CPU: XLA:CPU's convolutions run up to 2x faster per frame on batches of 32 than
+of 512 (`benchmarks/bench_ppo_step.py`: the working set outgrows the caches)."""
+
+
+def pass_size(batch: int, size: int | None = None) -> int:
+    """Rows per pass for ``batch`` rows: ``size`` (None: `CPU_PASS_SIZE` on CPU, one pass on accelerators), or
+    one pass when it does not divide ``batch``."""
+    if size is None:
+        size = CPU_PASS_SIZE if jax.default_backend() == "cpu" else batch
+    return size if batch % size == 0 else batch
+
+
+def in_passes(fn: Callable, x: jax.Array, size: int | None = None):
+    """``fn(x)`` over the leading axis in passes of `pass_size` rows (a ``lax.map``), outputs joined again."""
+    rows = pass_size(x.shape[0], size)
+    out = jax.lax.map(fn, x.reshape(-1, rows, *x.shape[1:]))
+    return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
 
 
 def preprocess(obs: jax.Array) -> jax.Array:
