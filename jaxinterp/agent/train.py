@@ -249,6 +249,7 @@ def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int =
         if warmup_frames:
             ax.axvspan(0, min(warmup_frames, frames[-1]), color="0.88", zorder=0)
         ax.set_xlabel("frames")
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1e6:g}M")  # plain numbers overlap below 1e6
         ax.set_title(label)
         ax.grid(alpha=0.3)
     fig.tight_layout()
