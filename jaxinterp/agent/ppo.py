@@ -233,18 +233,16 @@ def make_train(config: PPOConfig) -> Trainer:
 
     def minibatch_step(params, opt_state, mb):
         mb = {**mb, "adv": (mb["adv"] - mb["adv"].mean()) / (mb["adv"].std() + 1e-8)}
-        n = config.microbatches
-        if n == 1:
-            grads, metrics = jax.grad(loss, has_aux=True)(params, mb)
-        else:
-            # Equal-sized micro-batches: the mean of their mean-loss gradients is the minibatch's gradient.
-            def micro(acc, m):
-                g, metrics = jax.grad(loss, has_aux=True)(params, m)
-                return jax.tree.map(jnp.add, acc, g), metrics
 
-            split = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), mb)
-            grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), split)
-            grads, metrics = jax.tree.map(lambda g: g / n, grads), jax.tree.map(jnp.mean, metrics)
+        # Equal-sized micro-batches: the mean of their mean-loss gradients is the minibatch's gradient.
+        def micro(acc, m):
+            g, metrics = jax.grad(loss, has_aux=True)(params, m)
+            return jax.tree.map(jnp.add, acc, g), metrics
+
+        n = config.microbatches
+        split = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), mb)
+        grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), split)
+        grads, metrics = jax.tree.map(lambda g: g / n, grads), jax.tree.map(jnp.mean, metrics)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
 

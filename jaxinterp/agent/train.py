@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxinterp.agent.ppo import COMPUTE_ONLY, PPOConfig, Trainer, TrainState, Transition, make_train
+from jaxinterp.agent.ppo import PPOConfig, Trainer, TrainState, Transition, make_train
 from jaxinterp.envs.heist import HeistConfig, HeistEnv, HeistState
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
@@ -106,8 +106,7 @@ def train(
     run_meta = {"ppo": config.to_dict(), "seed": seed}
     if saved.exists():
         old = json.loads(saved.read_text())
-        old_algorithm = {k: v for k, v in old.get("ppo", {}).items() if k not in COMPUTE_ONLY}
-        if old_algorithm != config.algorithm_dict() or old.get("seed") != seed:
+        if PPOConfig.from_dict(old["ppo"]).algorithm_dict() != config.algorithm_dict() or old["seed"] != seed:
             raise JaxinterpError(
                 f"{run_dir} holds a run with another config or seed ({old}); use a new --out directory "
                 "or the same settings to resume it"
