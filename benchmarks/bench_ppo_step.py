@@ -3,13 +3,20 @@
 * three max-pool implementations swapped into the same network, each minibatch in one pass: jaxinterp's
   custom-VJP pool, the same taps differentiated by JAX (9 strided slices), and ``lax.reduce_window``;
 * one minibatch (``--minibatch``) with its gradient accumulated over micro-batches of several sizes
-  (``PPOConfig.microbatch_size``; the update is the same, only the speed differs).
+  (``PPOConfig.microbatch_size``; the update is the same, only the speed differs);
+* the same minibatch split over 1, 2, ... devices (``PPOConfig.devices``): the script exposes one CPU device per
+  core it may run on, as ``jaxinterp train-agent`` does, so pin it to one core for the first two tables.
 
 Run: taskset -c 0 uv run python benchmarks/bench_ppo_step.py [--batches 128,512] [--microbatches 16,32,64,512]
+     uv run python benchmarks/bench_ppo_step.py --batches "" --microbatches 32   # all cores: the devices table
 """
 
 import argparse
 import time
+
+from jaxinterp.cli import _one_cpu_device_per_core
+
+_one_cpu_device_per_core()  # before JAX starts its backends
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +46,18 @@ POOLS = {
 }
 
 
-def step_ms_per_frame(batch: int, pool, repeats: int, microbatch: int | None = None) -> float:
+def step_ms_per_frame(
+    batch: int, pool, repeats: int, microbatch: int | None = None, devices: int = 1
+) -> float:
     impala.max_pool = pool  # the module-level name the network calls
     make_train.cache_clear()
     config = PPOConfig(
-        num_envs=batch, num_steps=1, num_minibatches=1, update_epochs=1, microbatch_size=microbatch or batch
+        num_envs=batch,
+        num_steps=1,
+        num_minibatches=1,
+        update_epochs=1,
+        microbatch_size=microbatch or batch,
+        devices=devices,
     )
     trainer = make_train(config)
     state = trainer.init(jax.random.key(0))
@@ -78,14 +92,20 @@ def main() -> None:
     print(f"# jax {jax.__version__}; PPO minibatch step, ms per frame (best of {args.repeats})")
     print("| minibatch (one pass) | " + " | ".join(POOLS) + " |\n|---|" + "---|" * len(POOLS))
     try:
-        for b in map(int, args.batches.split(",")):
+        for b in [int(b) for b in args.batches.split(",") if b]:
             row = [step_ms_per_frame(b, pool, args.repeats) for pool in POOLS.values()]
             print(f"| {b} | " + " | ".join(f"{t:.2f}" for t in row) + " |", flush=True)
     finally:
         impala.max_pool = original
     print(f"\n| minibatch {args.minibatch}, micro-batch | ms per frame |\n|---|---|")
-    for m in map(int, args.microbatches.split(",")):
+    micro = [int(m) for m in args.microbatches.split(",")]
+    for m in micro:
         print(f"| {m} | {step_ms_per_frame(args.minibatch, original, args.repeats, m):.2f} |", flush=True)
+    if len(jax.devices()) > 1:
+        print(f"\n| minibatch {args.minibatch} in passes of {micro[0]}, devices | ms per frame |\n|---|---|")
+        for d in range(1, len(jax.devices()) + 1):
+            ms = step_ms_per_frame(args.minibatch, original, args.repeats, micro[0], d)
+            print(f"| {d} | {ms:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
