@@ -380,7 +380,8 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="agent weights (default: the shipped agent in weights/)")
 
 
-SPLIT_CPU_COMMANDS = ("visualize", "train-agent")  # commands whose work is sharded over the devices
+# Commands whose work is split over the local devices (data parallel or sharded channels).
+SPLIT_CPU_COMMANDS = ("visualize", "train-agent", "rollout", "evaluate")
 
 
 def entry() -> int:

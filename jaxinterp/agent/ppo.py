@@ -16,17 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.agent import Agent, in_passes, pass_size
+from jaxinterp.models.agent import DATA, Agent, data_mesh, in_device_passes, pass_size, shard_rows
 from jaxinterp.models.impala import get_architecture
 from jaxinterp.weights.convert import init_params
 
 COMPUTE_ONLY = ("microbatch_size", "devices")  # config fields that change speed but not the training math
-DATA = "data"  # the mesh axis that minibatches and environments are split over
-ROWS = P(DATA)  # arrays split along their leading axis over the devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,28 +185,6 @@ class Trainer(NamedTuple):
     update: Callable  # (state, traj, last_value) -> (state, metrics)   [jitted; epochs x minibatches scan]
 
 
-def data_mesh(rows: int, size: int | None, devices: int | None) -> Mesh:
-    """The local devices that split ``rows`` rows into equal shares of whole passes (`pass_size` rows each):
-    ``devices`` of them, or with None the most that divide the number of passes."""
-    passes, local = rows // pass_size(rows, size), jax.local_devices()
-    n = devices or max(d for d in range(1, len(local) + 1) if passes % d == 0)
-    if n > len(local) or passes % n:
-        raise JaxinterpError(
-            f"cannot split {passes} passes of {rows // passes} frames over {n} devices ({len(local)} local); "
-            "pick a devices count that divides the passes, or leave it unset"
-        )
-    return Mesh(np.asarray(local[:n], dtype=object), (DATA,))
-
-
-def shard_rows(fn: Callable, mesh: Mesh, out_specs: P = ROWS) -> Callable:
-    """``fn(params, rows)`` run on each device of ``mesh`` with its share of the rows and the same params; its
-    outputs are rows again, or with ``out_specs=P()`` the same on every device (sums over the devices).
-
-    ``check_vma`` is off because the custom-VJP convolution's weight gradient is per device until ``fn`` sums it.
-    """
-    return jax.shard_map(fn, mesh=mesh, in_specs=(P(), ROWS), out_specs=out_specs, check_vma=False)
-
-
 @functools.lru_cache(maxsize=8)
 def make_train(config: PPOConfig) -> Trainer:
     """Build the jitted policy step and update for ``config`` (purejaxrl's ``make_train``, host-stepped env).
@@ -222,8 +197,7 @@ def make_train(config: PPOConfig) -> Trainer:
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5))
     batch = config.frames_per_iteration
     mb_size = batch // config.num_minibatches
-    env_mesh = data_mesh(config.num_envs, config.microbatch_size, config.devices)
-    update_mesh = data_mesh(mb_size, config.microbatch_size, config.devices)
+    update_mesh = data_mesh(config.microbatches, config.devices, "micro-batches per minibatch")
 
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
@@ -239,9 +213,7 @@ def make_train(config: PPOConfig) -> Trainer:
 
     @jax.jit
     def policy_step(params, obs, key):
-        logits, value = shard_rows(
-            lambda p, o: in_passes(lambda x: agent.apply(p, x), o, config.microbatch_size), env_mesh
-        )(params, obs)
+        logits, value = in_device_passes(agent.apply, params, obs, config.microbatch_size, config.devices)
         action = jax.random.categorical(key, logits)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
         return action, logp, value

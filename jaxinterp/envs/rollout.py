@@ -218,13 +218,13 @@ def _run(
 
 def agent_policy(agent, *, greedy: bool = False, layers: Sequence[str] = ()) -> Policy:
     """An agent's policy: actions sampled from its logits (or the argmax), plus the named activations."""
-    from jaxinterp.models.agent import in_passes, preprocess
+    from jaxinterp.models.agent import in_device_passes, preprocess
 
     layers = agent.check_layers(layers)
 
     @jax.jit
     def act(params, key, obs):
-        acts = in_passes(lambda o: agent.forward(params, preprocess(o)), obs)
+        acts = in_device_passes(lambda p, o: agent.forward(p, preprocess(o)), params, obs)
         logits = acts[agent.arch.logits]
         action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(key, logits)
         return action.astype(jnp.int32), {n: acts[n] for n in layers}

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture
@@ -157,6 +158,42 @@ def in_passes(fn: Callable, x: jax.Array, size: int | None = None):
     rows = pass_size(x.shape[0], size)
     out = jax.lax.map(fn, x.reshape(-1, rows, *x.shape[1:]))
     return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
+
+
+DATA = "data"  # the mesh axis that batches are split over (data parallel)
+ROWS = PartitionSpec(DATA)  # arrays split along their leading axis over the devices
+
+
+def data_mesh(shares: int, devices: int | None = None, what: str = "passes") -> Mesh:
+    """A 1-D mesh of the local devices that take equal numbers of ``shares`` (indivisible units of work):
+    ``devices`` of them, or with None the most that divide ``shares``."""
+    local = jax.local_devices()
+    n = devices or max(d for d in range(1, len(local) + 1) if shares % d == 0)
+    if n > len(local) or shares % n:
+        raise JaxinterpError(
+            f"cannot split {shares} {what} evenly over {n} devices ({len(local)} local); "
+            "pick a devices count that divides them, or leave it unset"
+        )
+    return Mesh(np.asarray(local[:n], dtype=object), (DATA,))
+
+
+def shard_rows(fn: Callable, mesh: Mesh, out_specs: PartitionSpec = ROWS) -> Callable:
+    """``fn(params, rows)`` run on each device of ``mesh`` with its share of the rows and the same params; its
+    outputs are rows again, or with ``out_specs=PartitionSpec()`` the same on every device (sums over devices).
+
+    ``check_vma`` is off because the custom-VJP convolution's weight gradient is per device until ``fn`` sums it.
+    """
+    return jax.shard_map(
+        fn, mesh=mesh, in_specs=(PartitionSpec(), ROWS), out_specs=out_specs, check_vma=False
+    )
+
+
+def in_device_passes(fn: Callable, params, x: jax.Array, size: int | None = None, devices: int | None = None):
+    """``fn(params, rows)`` over the leading axis of ``x``: its passes of `pass_size` rows shared out over the
+    local devices (data parallel; see `data_mesh`), each device running its share pass by pass."""
+    rows = pass_size(x.shape[0], size)
+    mesh = data_mesh(x.shape[0] // rows, devices, f"passes of {rows} rows")
+    return shard_rows(lambda p, xs: in_passes(lambda r: fn(p, r), xs, rows), mesh)(params, x)
 
 
 def preprocess(obs: jax.Array) -> jax.Array:

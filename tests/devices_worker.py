@@ -38,6 +38,17 @@ def run(devices: int) -> dict[str, np.ndarray]:
     }
 
 
+def policy(devices: int) -> dict[str, np.ndarray]:
+    """An agent policy's activations for 32 x devices envs: passes of 32, one per device."""
+    from jaxinterp.envs.rollout import agent_policy
+    from jaxinterp.models.agent import Agent
+
+    agent = Agent.random("impala", channels=(4, 4, 4))
+    obs = np.random.default_rng(1).integers(0, 256, (32 * devices, 64, 64, 3), np.uint8)
+    action, acts = agent_policy(agent, layers=["hidden_fc"])(jax.random.key(0), obs)
+    return {"action": action[:32], "hidden": acts["hidden_fc"][:32]}
+
+
 def main(out: str) -> None:
     assert jax.device_count() == 2, jax.devices()
     try:
@@ -46,10 +57,11 @@ def main(out: str) -> None:
         error = str(e)
     else:
         error = ""
-    one, two = run(1), run(2)
-    np.savez(
-        out, error=error, **{f"one_{k}": v for k, v in one.items()}, **{f"two_{k}": v for k, v in two.items()}
-    )
+    results = {"error": error}
+    for name, fn in (("ppo", run), ("policy", policy)):
+        for devices in (1, 2):
+            results |= {f"{name}{devices}_{k}": v for k, v in fn(devices).items()}
+    np.savez(out, **results)
 
 
 if __name__ == "__main__":
