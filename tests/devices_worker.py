@@ -21,6 +21,7 @@ CONFIG = PPOConfig(num_envs=4, num_steps=4, num_minibatches=2, update_epochs=2, 
 
 def run(devices: int) -> dict[str, np.ndarray]:
     trainer = make_train(dataclasses.replace(CONFIG, devices=devices))
+    assert len(trainer.devices) == devices, trainer.devices
     state = trainer.init(jax.random.key(1))
     k = jax.random.split(jax.random.key(2), 4)
     shape = (CONFIG.num_steps, CONFIG.num_envs)

@@ -185,6 +185,7 @@ class Trainer(NamedTuple):
     loss: Callable  # (params, minibatch with normalized advantages) -> (loss, metrics)
     minibatch_step: Callable  # (params, opt_state, minibatch) -> (params, opt_state, metrics)
     update: Callable  # (state, traj, last_value) -> (state, metrics)   [jitted; epochs x minibatches scan]
+    devices: tuple  # the devices each minibatch is split over
 
 
 @functools.lru_cache(maxsize=8)
@@ -285,4 +286,5 @@ def make_train(config: PPOConfig) -> Trainer:
         state = state._replace(params=params, opt_state=opt_state, key=jax.random.key_data(key))
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update)
+    devices = tuple(update_mesh.devices.flat)
+    return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update, devices)

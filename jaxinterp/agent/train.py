@@ -135,7 +135,7 @@ def train(
         initial=min(int(state.frames), frames),
         unit="frame",
         disable=not progress,
-        desc=f"PPO {config.arch}",
+        desc=f"PPO {config.arch} on {len(trainer.devices)} {trainer.devices[0].platform} device(s)",
         smoothing=0.05,
     )
     warmup = config.num_envs * EPISODE_LIMIT  # frames until every env has finished one episode
