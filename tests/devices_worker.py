@@ -1,6 +1,7 @@
-"""Subprocess for the data-parallel PPO test: one update and one policy step on 1 and on 2 (fake CPU) devices.
+"""Subprocess for `test_devices.py`: a PPO update and policy step, and an agent policy (rollouts), each on 1 and
+on 2 (fake CPU) devices.
 
-XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/ppo_devices_worker.py OUT.npz
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/devices_worker.py OUT.npz
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from jaxinterp.errors import JaxinterpError
 CONFIG = PPOConfig(num_envs=4, num_steps=4, num_minibatches=2, update_epochs=2, microbatch_size=2)
 
 
-def run(devices: int) -> dict[str, np.ndarray]:
+def ppo(devices: int) -> dict[str, np.ndarray]:
     trainer = make_train(dataclasses.replace(CONFIG, devices=devices))
     assert len(trainer.devices) == devices, trainer.devices
     state = trainer.init(jax.random.key(1))
@@ -59,7 +60,7 @@ def main(out: str) -> None:
     else:
         error = ""
     results = {"error": error}
-    for name, fn in (("ppo", run), ("policy", policy)):
+    for name, fn in (("ppo", ppo), ("policy", policy)):
         for devices in (1, 2):
             results |= {f"{name}{devices}_{k}": v for k, v in fn(devices).items()}
     np.savez(out, **results)
