@@ -155,6 +155,23 @@ def cmd_examples(args) -> None:
     print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
 
 
+def cmd_objects(args) -> None:
+    from tqdm import tqdm
+
+    from jaxinterp.envs.dataset import Dataset
+    from jaxinterp.examples.objects import object_response
+    from jaxinterp.report.objects import object_table, write_object_response
+
+    agent = _agent(args)
+    channels = _channels(agent, args.layer, args.channels)
+    dataset = Dataset(args.dataset)
+    with tqdm(total=len(dataset), unit="frame", desc=f"objects {args.layer}") as bar:
+        result = object_response(agent, args.layer, dataset, channels=channels, progress=bar.update)
+    paths = write_object_response(result, args.out)
+    print(object_table(result), end="")
+    print(f"wrote {', '.join(p.name for p in paths)} to {args.out}")
+
+
 def cmd_attribution(args) -> None:
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.examples.attribution import gradient_x_activation, integrated_gradients
@@ -329,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--diversity-on", default="activations", choices=["activations", "pixels"])
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
+
+    ob = sub.add_parser(
+        "objects", help="which game objects (keys, locks, gem, agent ...) each channel of a layer responds to"
+    )
+    _checkpoint_arg(ob)
+    ob.add_argument("--layer", required=True)
+    ob.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
+    ob.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
+    ob.add_argument("--out", required=True)
+    ob.set_defaults(func=cmd_objects)
 
     at = sub.add_parser(
         "attribution", help="saliency overlays: gradient x activation or integrated gradients"

@@ -152,6 +152,13 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
     saved = np.load(next(att.glob("*.npz")))
     assert saved["attributions"].shape[:1] == (2,) and list(saved["frames"]) == [0, 5]
 
+    objects = f"objects --checkpoint {checkpoint} --layer conv_seqs.2.res_block1 --dataset {data} --out {out}"
+    assert main([*objects.split(), "--channels", "0-2"]) == 0
+    table = capsys.readouterr().out
+    assert "| 2 |" in table and "agent" in table
+    assert sorted(p.name for p in out.glob("objects.*")) == ["objects.md", "objects.npz", "objects.png"]
+    assert np.load(out / "objects.npz")["z"].shape == (3, 13)
+
 
 def test_visualize_writes_pngs_sheet_and_npz(checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

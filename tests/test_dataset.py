@@ -31,6 +31,7 @@ def _rows(start_step, steps, rng):
         "dones": done,
         "episode_ids": episode.astype(np.int64),
         "level_seeds": 100 + episode.astype(np.int64),
+        "objects": rng.integers(0, 13, (len(t), 64, 64), dtype=np.uint8),
         LAYER: rng.normal(size=(len(t), 3, 3, 4)).astype(np.float32),
     }
 
@@ -149,6 +150,15 @@ def test_corrupt_dataset(written, damage):
     with pytest.raises(JaxinterpError, match="is corrupt") as error:
         Dataset(path)
     assert "\n" not in str(error.value)
+
+
+def test_datasets_of_another_format_version(written):
+    path = written[0]
+    meta = json.loads((path / "meta.json").read_text())
+    for version, message in ((1, "older jaxinterp .* record it again"), (99, "newer jaxinterp")):
+        (path / "meta.json").write_text(json.dumps(meta | {"version": version}))
+        with pytest.raises(JaxinterpError, match=message):
+            Dataset(path)
 
 
 def test_layer_names_that_collide(tmp_path):

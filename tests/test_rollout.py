@@ -9,13 +9,14 @@ import pytest
 
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.envs.heist import SUCCESS_REWARD, HeistConfig
+from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.envs.rollout import collect, random_policy
 from jaxinterp.errors import JaxinterpError
 
 CONFIG = HeistConfig(num_envs=4, seed=2)
 LAYER = "conv_seqs.0.conv"
 CHUNK = 64  # frames: 16 steps of 4 envs
-FIELDS = ("frames", "actions", "rewards", "dones", "episode_ids", "level_seeds", LAYER)
+FIELDS = ("frames", "actions", "rewards", "dones", "episode_ids", "level_seeds", "objects", LAYER)
 
 
 def features_policy(key, obs):
@@ -62,6 +63,11 @@ def test_rows_hold_what_the_policy_saw_and_did(straight, tmp_path):
     for t in (0, 1, 37):
         np.testing.assert_array_equal(actions[t], features_policy(jax.random.fold_in(key, t), seen[t])[0])
     np.testing.assert_array_equal(ds.column(LAYER), features_policy(key, ds.column("frames"))[1][LAYER])
+
+    objects = ds.column("objects").reshape(
+        len(ds), -1
+    )  # the object map of each row's frame: the agent is in it
+    assert (objects == OBJECT_CLASSES.index("agent")).any(1).all()
 
     other = _collect(tmp_path / "other", 256, seed=8)
     assert not np.array_equal(other.column("actions"), ds.column("actions"))

@@ -9,6 +9,7 @@ Layout of a dataset directory::
     chunk_00000/dones.npy          bool (T,), the episode ended with that action
     chunk_00000/episode_ids.npy    int64 (T,), unique across the dataset, stable across resumes
     chunk_00000/level_seeds.npy    int64 (T,), procgen level of that episode
+    chunk_00000/objects.npy        uint8 (T, 64, 64), which game object each pixel shows (`envs.objects`)
     chunk_00000/act_<name>.npy     float32 (T, ...), one per recorded layer (`meta.json` maps names to files)
     state_<steps>.npz              the env state after the last chunk, to resume from
 
@@ -33,7 +34,7 @@ from jaxinterp.envs.heist import OBS_SHAPE, SUCCESS_REWARD, Episodes, EpisodeSum
 from jaxinterp.errors import JaxinterpError
 
 FORMAT = "jaxinterp.rollout"
-VERSION = 1
+VERSION = 2  # 2 added `objects`
 META_FILE = "meta.json"
 # Per-row dtype and shape of the fields every dataset has; activations are added per layer.
 FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
@@ -43,6 +44,7 @@ FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
     "dones": (np.dtype(bool), ()),
     "episode_ids": (np.dtype(np.int64), ()),
     "level_seeds": (np.dtype(np.int64), ()),
+    "objects": (np.dtype(np.uint8), OBS_SHAPE[:2]),
 }
 ACTIVATION_DTYPE = np.dtype(np.float32)
 _CHUNK_RE = re.compile(r"chunk_\d{5}")
@@ -244,6 +246,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise JaxinterpError(
             f"{path} was written by a newer jaxinterp (format version {version} > {VERSION}); upgrade to read it"
         )
+    if version < VERSION:
+        raise JaxinterpError(
+            f"{path} was written by an older jaxinterp (format version {version} < {VERSION}, without object "
+            "maps); record it again with `jaxinterp rollout`"
+        )
     return meta
 
 
@@ -269,7 +276,7 @@ class Dataset:
     """Read-only view of a rollout dataset; arrays are memory-mapped, so opening it costs nothing.
 
     Batches are dicts with the fields `frames`, `actions`, `rewards`, `dones`, `episode_ids`,
-    `level_seeds`, one entry per recorded layer (keyed by its original name), and `index` (global row).
+    `level_seeds`, `objects`, one entry per recorded layer (keyed by its original name), and `index` (global row).
     """
 
     def __init__(self, path: str | os.PathLike):

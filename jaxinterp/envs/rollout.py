@@ -186,6 +186,7 @@ def _run(
                     "actions": np.asarray(actions),
                     "episode_ids": env.episode_id.copy(),
                     "level_seeds": env.level_seed.copy(),
+                    "objects": env.object_maps(),
                     **{layer: np.asarray(activations[layer], np.float32) for layer in layers},
                 }
                 for layer in layers:

@@ -1,5 +1,5 @@
 """Dataset examples: what a feature responds to in real play (top-k frames, receptive-field patches kept diverse,
-heatmaps, attributions), streamed over datasets of any size. Everything works on a ``Feature``: channels of a
+heatmaps, attributions, responses to game objects), streamed over datasets of any size. Everything works on a ``Feature``: channels of a
 layer, a direction in channel space, or any ``acts -> (N, H, W, F)`` function (an SAE latent).
 """
 
@@ -14,6 +14,7 @@ from jaxinterp.examples.attribution import (
 from jaxinterp.examples.features import Feature, channels, compute_feature_maps, direction, feature_maps
 from jaxinterp.examples.find import ExamplesResult, find_examples, load_npz, save_npz
 from jaxinterp.examples.heatmap import colorize, overlay, upsample
+from jaxinterp.examples.objects import ObjectResponse, object_response
 from jaxinterp.examples.patches import crop_positions, select_diverse, similarity
 from jaxinterp.examples.receptive import ReceptiveField, receptive_field, receptive_fields
 from jaxinterp.examples.topk import EMPTY, Ranked, scan
@@ -24,6 +25,7 @@ __all__ = [
     "Attribution",
     "ExamplesResult",
     "Feature",
+    "ObjectResponse",
     "Ranked",
     "ReceptiveField",
     "channels",
@@ -37,6 +39,7 @@ __all__ = [
     "gradient_x_activation",
     "integrated_gradients",
     "load_npz",
+    "object_response",
     "overlay",
     "receptive_field",
     "receptive_fields",

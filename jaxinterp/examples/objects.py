@@ -1,0 +1,218 @@
+"""Which game objects each feature responds to, measured: a feature's value where each object class lies, against
+its usual value at that same position.
+
+A rollout dataset stores, with every frame, the game object under each pixel (`jaxinterp.envs.objects`). Each
+position of a feature map covers a block of the 64x64 frame (2x2 pixels at 32x32, 8x8 at 8x8), whose object
+coverage weights the feature's value there. The score is position-matched: at each position, how many standard
+deviations above its mean *at that position* (over all frames) the feature is, averaged over the class's pixels.
+Comparing at the same position keeps a feature that fires at a fixed place (the border, the key ring at the top
+right) from being credited to whatever object always sits there. All features of a layer are reduced in one
+jitted pass per batch, streaming over the dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.envs.heist import OBS_SHAPE
+from jaxinterp.envs.objects import OBJECT_CLASSES
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
+from jaxinterp.models.agent import Agent, preprocess
+
+__all__ = ["ObjectResponse", "load_npz", "object_response", "save_npz"]
+
+NPZ_FORMAT = "jaxinterp.objects/1"
+DEFAULT_BATCH_SIZE = 64
+
+
+class ObjectResponse(NamedTuple):
+    """Responses of F features to K object classes over ``num_frames`` frames (numpy arrays)."""
+
+    layer: str
+    description: str
+    ids: np.ndarray  # (F,) feature names (channel numbers for channels)
+    classes: tuple[str, ...]  # (K,)
+    z: (
+        np.ndarray
+    )  # (F, K) position-matched z-score over the class's pixels (NaN where the class never appeared)
+    mean: np.ndarray  # (F, K) plain mean feature value over the class's pixels
+    pixels: np.ndarray  # (K,) how many frame pixels the class covered
+    num_frames: int
+
+    def best(self, exclude: Sequence[str] = ("floor", "wall")) -> list[tuple[int, str, float]]:
+        """Per feature: (id, the object class it responds to most, that z-score), ignoring ``exclude``.
+
+        Floor and wall cover most of every frame, so their scores stay near 0 by construction; the question is
+        usually which small object a feature singles out.
+        """
+        keep = [i for i, c in enumerate(self.classes) if c not in exclude and self.pixels[i] > 0]
+        if not keep:
+            raise JaxinterpError(
+                f"no object class outside {list(exclude)} appears in these {self.num_frames} frames"
+            )
+        z = self.z[:, keep]
+        top = np.argmax(z, axis=1)
+        return [
+            (int(i), self.classes[keep[t]], float(z[f, t])) for f, (i, t) in enumerate(zip(self.ids, top))
+        ]
+
+
+def _block_coverage(objects: jax.Array, h: int, w: int) -> jax.Array:
+    """(N, h, w, K): the fraction of each feature-map position's pixel block that each object class covers."""
+    n, height, width = objects.shape
+    if height % h or width % w:
+        raise JaxinterpError(
+            f"a {h}x{w} feature map does not tile the {height}x{width} frame into equal blocks"
+        )
+    onehot = jax.nn.one_hot(objects, len(OBJECT_CLASSES), dtype=jnp.float32)
+    return onehot.reshape(n, h, height // h, w, width // w, -1).mean((2, 4))
+
+
+class _Sums(NamedTuple):
+    """Per feature-map position, summed over frames: what the position-matched score needs."""
+
+    by_class: jax.Array  # (h, w, F, K) feature value x class coverage
+    coverage: jax.Array  # (h, w, K)
+    total: jax.Array  # (h, w, F)
+    squares: jax.Array  # (h, w, F)
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_step(agent: Agent, feature: Feature, h: int, w: int) -> Callable:
+    def step(params, sums: _Sums, frames, objects, valid) -> _Sums:
+        maps = feature_maps(agent, params, feature, preprocess(frames))[0] * valid[:, None, None, None]
+        cov = _block_coverage(objects, h, w) * valid[:, None, None, None]
+        return _Sums(
+            sums.by_class + jnp.einsum("nhwf,nhwk->hwfk", maps, cov),
+            sums.coverage + cov.sum(0),
+            sums.total + maps.sum(0),
+            sums.squares + (maps * maps).sum(0),
+        )
+
+    return jax.jit(step)
+
+
+def _scores(sums: _Sums, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(position-matched z, plain mean), both (F, K), from the summed statistics."""
+    by_class, coverage, total, squares = (np.asarray(x, np.float64) for x in sums)
+    mean = total / frames  # (h, w, F)
+    std = np.sqrt(np.maximum(squares / frames - mean**2, 0.0))
+    # A position where the feature never varies contributes no deviation (its value there is always the usual one).
+    varies = std > 1e-6 * (np.abs(mean) + 1)
+    inv = np.where(varies, 1 / np.where(varies, std, 1), 0.0)
+    deviation = np.einsum("hwfk,hwf->fk", by_class, inv) - np.einsum("hwf,hwk->fk", mean * inv, coverage)
+    pixels = coverage.sum((0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pixels > 0, deviation / pixels, np.nan), np.where(
+            pixels > 0, by_class.sum((0, 1)) / pixels, np.nan
+        )
+
+
+def _pieces(source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(frames, objects) pieces of a Dataset or of a (frames, objects) pair of arrays."""
+    if hasattr(source, "iter_chunks"):
+        if "objects" not in source.fields:
+            raise JaxinterpError(
+                f"{source.path} has no object maps; record it again with `jaxinterp rollout`"
+            )
+        return ((c["frames"], c["objects"]) for c in source.iter_chunks(None, fields=["frames", "objects"]))
+    if isinstance(source, tuple) and len(source) == 2:
+        frames, objects = (np.asarray(a) for a in source)
+        if frames.shape[:1] != objects.shape[:1] or objects.shape[1:] != OBS_SHAPE[:2]:
+            raise JaxinterpError(
+                f"frames {frames.shape} and object maps {objects.shape} must be (N, 64, 64, 3) and (N, 64, 64)"
+            )
+        return iter([(frames, objects)])
+    raise JaxinterpError("source must be a rollout Dataset or a (frames, objects) pair of arrays")
+
+
+def object_response(
+    agent: Agent,
+    feature: Feature | str,
+    source,
+    *,
+    channels: Sequence[int] | int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    params=None,
+    progress: Callable[[int], None] | None = None,
+) -> ObjectResponse:
+    """Measure how every feature of ``feature`` (a layer name: its channels) responds to each Heist object class
+    over ``source`` (a dataset with object maps, or a ``(frames, objects)`` pair); ``progress(n)`` after each
+    batch of n frames. The whole pass is one compiled step per batch, for all features at once."""
+    if batch_size < 1:
+        raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
+    feature = as_feature(agent, feature, channels)
+    params = agent.params if params is None else params
+    h, w, f = feature_size(agent, feature)
+    step = _jit_step(agent, feature, h, w)
+    k = len(OBJECT_CLASSES)
+    sums = _Sums(jnp.zeros((h, w, f, k)), jnp.zeros((h, w, k)), jnp.zeros((h, w, f)), jnp.zeros((h, w, f)))
+    seen = 0
+    for frames, objects in _pieces(source):
+        for s in range(0, len(frames), batch_size):
+            fr, ob = np.asarray(frames[s : s + batch_size]), np.asarray(objects[s : s + batch_size])
+            n = len(fr)
+            valid = np.zeros(batch_size, np.float32)
+            valid[:n] = 1
+            if n < batch_size:  # pad the last batch so that one compilation serves every batch
+                fr = np.concatenate([fr, np.zeros((batch_size - n, *fr.shape[1:]), fr.dtype)])
+                ob = np.concatenate([ob, np.zeros((batch_size - n, *ob.shape[1:]), ob.dtype)])
+            sums = step(params, sums, fr, ob, valid)
+            seen += n
+            if progress is not None:
+                progress(n)
+    if seen == 0:
+        raise JaxinterpError("no frames to measure object responses on")
+    z, mean = _scores(sums, seen)
+    block = (OBS_SHAPE[0] // h) * (OBS_SHAPE[1] // w)  # frame pixels per feature-map position
+    return ObjectResponse(
+        layer=feature.layer,
+        description=feature.description,
+        ids=feature_ids(agent, feature),
+        classes=OBJECT_CLASSES,
+        z=z,
+        mean=mean,
+        pixels=(np.asarray(sums.coverage, np.float64).sum((0, 1)) * block).round().astype(np.int64),
+        num_frames=seen,
+    )
+
+
+def save_npz(result: ObjectResponse, path: str | Path) -> None:
+    """Write ``result`` as an ``.npz`` (plain arrays; ``load_npz`` reads it back)."""
+    np.savez(
+        path,
+        format=NPZ_FORMAT,
+        layer=result.layer,
+        description=result.description,
+        ids=result.ids,
+        classes=np.asarray(result.classes),
+        mean=result.mean,
+        z=result.z,
+        pixels=result.pixels,
+        num_frames=result.num_frames,
+    )
+
+
+def load_npz(path: str | Path) -> ObjectResponse:
+    """Read a ``save_npz`` file."""
+    with np.load(path, allow_pickle=False) as f:
+        if "format" not in f or str(f["format"]) != NPZ_FORMAT:
+            raise JaxinterpError(f"{path} is not a jaxinterp object-response file ({NPZ_FORMAT})")
+        return ObjectResponse(
+            layer=str(f["layer"]),
+            description=str(f["description"]),
+            ids=f["ids"],
+            classes=tuple(str(c) for c in f["classes"]),
+            z=f["z"],
+            mean=f["mean"],
+            pixels=f["pixels"],
+            num_frames=int(f["num_frames"]),
+        )

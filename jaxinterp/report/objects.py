@@ -1,0 +1,75 @@
+"""Object-response reports: a features x object-classes heatmap of position-matched z-scores, and a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxinterp.examples.objects import ObjectResponse, save_npz
+
+__all__ = ["object_table", "write_object_response"]
+
+STRONG = 1.0
+"""z-score from which the table calls a response strong (one standard deviation above the feature's usual value
+at that position)."""
+
+
+def object_table(result: ObjectResponse, top: int = 3) -> str:
+    """A markdown table: per feature, its ``top`` object classes (floor and wall left out) with their z-scores."""
+    keep = [i for i, c in enumerate(result.classes) if c not in ("floor", "wall") and result.pixels[i] > 0]
+    lines = [
+        f"{result.description}: position-matched z-scores over {result.num_frames:,} frames",
+        "",
+        "| feature | responds to (z) | floor | wall |",
+        "|---|---|---|---|",
+    ]
+    floor, wall = result.classes.index("floor"), result.classes.index("wall")
+    for f, fid in enumerate(result.ids):
+        z = result.z[f, keep]
+        order = np.argsort(-np.nan_to_num(z, nan=-np.inf))[:top]
+        best = ", ".join(
+            f"{'**' if z[o] >= STRONG else ''}{result.classes[keep[o]]} {z[o]:.2f}{'**' if z[o] >= STRONG else ''}"
+            for o in order
+        )
+        lines.append(f"| {fid} | {best} | {result.z[f, floor]:.2f} | {result.z[f, wall]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_object_response(result: ObjectResponse, out_dir: str | Path) -> list[Path]:
+    """Write ``objects.npz`` (all numbers), ``objects.md`` (the table) and ``objects.png`` (the heatmap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "objects.npz", out / "objects.md", out / "objects.png"]
+    save_npz(result, paths[0])
+    paths[1].write_text(object_table(result))
+    f, k = result.z.shape
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * k, 1.4 + 0.28 * f))
+    limit = max(float(np.nanmax(np.abs(result.z))) if np.isfinite(result.z).any() else 1.0, 1.0)
+    im = ax.imshow(result.z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(
+        range(k),
+        [f"{c}\n{p:,} px" for c, p in zip(result.classes, result.pixels)],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
+    ax.set_yticks(range(f), [str(i) for i in result.ids], fontsize=7)
+    ax.set_ylabel("feature")
+    for (y, x), v in np.ndenumerate(result.z):
+        if np.isfinite(v) and abs(v) >= STRONG:
+            ax.text(x, y, f"{v:.1f}", ha="center", va="center", fontsize=6)
+    ax.set_title(
+        f"{result.description}\nz vs the feature's usual value at the same position ({result.num_frames:,} frames)",
+        fontsize=8,
+    )
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=100)
+    plt.close(fig)
+    return paths
