@@ -91,7 +91,7 @@ def test_scanned_update_equals_host_loop_of_minibatch_steps():
     state = trainer.init(jax.random.key(1))
     traj = _fake_traj(trainer, jax.random.key(2))
     last_value = jnp.zeros(TINY.num_envs)
-    new_state, _ = trainer.update(state, traj, last_value)
+    new_state, metrics = trainer.update(state, traj, last_value)
 
     # the same epochs and permutations, stepped one minibatch at a time from the host
     adv, ret = compute_gae(traj, last_value, TINY.gamma, TINY.gae_lambda)
@@ -105,6 +105,8 @@ def test_scanned_update_equals_host_loop_of_minibatch_steps():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), new_state.params, params
     )
+    explained = 1 - np.var(np.asarray(ret - traj.value)) / np.var(np.asarray(ret))
+    np.testing.assert_allclose(metrics["explained_variance"], explained, rtol=1e-4, atol=1e-6)
 
 
 def test_updates_make_the_rewarded_actions_more_likely():

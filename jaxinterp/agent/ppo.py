@@ -284,7 +284,10 @@ def make_train(config: PPOConfig) -> Trainer:
             epoch, (state.params, state.opt_state), jax.random.split(k_epochs, config.update_epochs)
         )
         state = state._replace(params=params, opt_state=opt_state, key=jax.random.key_data(key))
-        return state, jax.tree.map(jnp.mean, metrics)
+        # How much of the value targets' variance the rollout's value estimates explained (baselines' "explained
+        # variance"): near 0 or below, the advantages are mostly noise.
+        explained = 1 - jnp.var(flat["ret"] - flat["value"]) / (jnp.var(flat["ret"]) + 1e-8)
+        return state, {**jax.tree.map(jnp.mean, metrics), "explained_variance": explained}
 
     devices = tuple(update_mesh.devices.flat)
     return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update, devices)
