@@ -44,6 +44,8 @@ _LABEL = {name: i for i, name in enumerate(OBJECT_CLASSES)}
 
 
 class Entity(NamedTuple):
+    """One procgen entity as it is drawn: type id, colour theme, centre and half extents (world units)."""
+
     type: int
     theme: int
     x: float
