@@ -335,10 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser(
         "examples", help="top-activating frames and diverse receptive-field patches per channel"
     )
-    _checkpoint_arg(ex)
-    ex.add_argument("--layer", required=True)
-    ex.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
-    ex.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
+    _layer_over_dataset_args(ex)
     ex.add_argument("--k", type=int, default=16)
     ex.add_argument(
         "--diversity", type=float, default=0.0, help="cosine-similarity penalty weight (0: top-k)"
@@ -350,10 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser(
         "objects", help="which game objects (keys, locks, gem, agent ...) each channel of a layer responds to"
     )
-    _checkpoint_arg(ob)
-    ob.add_argument("--layer", required=True)
-    ob.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
-    ob.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
+    _layer_over_dataset_args(ob)
     ob.add_argument("--out", required=True)
     ob.set_defaults(func=cmd_objects)
 
@@ -401,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True)
     v.set_defaults(func=cmd_visualize)
     return p
+
+
+def _layer_over_dataset_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of a command that scans a layer's channels over a rollout dataset."""
+    _checkpoint_arg(p)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
+    p.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
 
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
