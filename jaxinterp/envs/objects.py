@@ -119,7 +119,9 @@ def parse_state(data: bytes) -> HeistLayout:
     w, h = r.take("ii")
     n = r.int()
     if not 0 < w * h == n <= len(data) // 4:
-        raise JaxinterpError(f"procgen state holds a {w}x{h} grid of {n} cells: not procgen 0.10's Heist format")
+        raise JaxinterpError(
+            f"procgen state holds a {w}x{h} grid of {n} cells: not procgen 0.10's Heist format"
+        )
     grid = np.asarray(r.take(f"{n}i"), np.int32).reshape(h, w)
     r.skip("ii")  # num_keys, world_dim
     has_keys = tuple(bool(v) for v in r.take(f"{r.int()}i"))
