@@ -141,17 +141,21 @@ def cmd_examples(args) -> None:
 
     agent = _agent(args)
     channels = _channels(agent, args.layer, args.channels)
+    dataset = Dataset(args.dataset)
     result = find_examples(
         agent,
         args.layer,
-        Dataset(args.dataset),
+        dataset,
         channels=channels,
         k=args.k,
         diversity=args.diversity,
         diversity_on=args.diversity_on,
         progress=True,
     )
-    paths = write_sheets(result, args.out)
+    # Name the game object under every patch, from the object maps of the frames the sheets show.
+    shown = np.array(sorted(result.frames), np.int64)
+    object_maps = dict(zip(shown.tolist(), dataset.get(shown, ["objects"])["objects"], strict=True))
+    paths = write_sheets(result, args.out, object_maps=object_maps)
     print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
 
 

@@ -7,8 +7,10 @@ from jaxinterp.envs.heist import HeistConfig, HeistEnv
 from jaxinterp.envs.objects import OBJECT_CLASSES, Entity, HeistLayout, object_map, parse_state
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import compute_feature_maps
-from jaxinterp.examples.objects import load_npz, object_response, save_npz
+from jaxinterp.examples.find import find_examples
+from jaxinterp.examples.objects import load_npz, object_response, objects_at, save_npz
 from jaxinterp.models.agent import Agent
+from jaxinterp.report.examples import examples_sheet
 
 LABEL = {c: i for i, c in enumerate(OBJECT_CLASSES)}
 SPACE, WALL = 100, 51
@@ -142,3 +144,29 @@ def test_object_response_rejects_bad_input(played):
         object_response(agent, "conv_seqs.0", (frames, maps[:3]))
     with pytest.raises(JaxinterpError, match="unknown layer"):
         object_response(agent, "conv9", (frames, maps))
+
+
+def test_objects_at_names_the_object_in_each_positions_block():
+    floor, wall, agent, gem = (LABEL[c] for c in ("floor", "wall", "agent", "gem"))
+    maps = np.full((2, 64, 64), floor, np.uint8)
+    maps[0, :8, :] = wall  # block row 0 is wall
+    maps[0, 8:16, 8:16] = gem
+    maps[1, 20:22, 20:25] = agent  # 10 agent pixels among 54 of floor still name the agent
+    frames = np.array([[0, 0, 1, -1]])
+    ys, xs = np.array([[0, 1, 2, 0]]), np.array([[0, 1, 2, 0]])
+    np.testing.assert_array_equal(objects_at(maps, frames, ys, xs, 8), [[wall, gem, agent, -1]])
+    np.testing.assert_array_equal(
+        objects_at({7: maps[0]}, [7], [0], [0], 64), [gem]
+    )  # a dense layer's 1x1 map
+
+
+def test_example_sheets_name_the_object_under_each_patch(played):
+    frames, maps = played
+    agent = Agent.random("impala", seed=0)
+    result = find_examples(agent, "conv_seqs.1.res_block1", frames, channels=[0], k=4)
+    plain = examples_sheet(result, 0)
+    named = examples_sheet(result, 0, object_maps=maps)
+    assert named.shape[0] > plain.shape[0] and named.shape[1] == plain.shape[1]  # a second caption line
+    all_floor = examples_sheet(result, 0, object_maps=np.full_like(maps, LABEL["floor"]))
+    all_wall = examples_sheet(result, 0, object_maps=np.full_like(maps, LABEL["wall"]))
+    assert all_floor.shape == all_wall.shape and not np.array_equal(all_floor, all_wall)  # the names differ

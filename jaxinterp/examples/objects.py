@@ -27,7 +27,7 @@ from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
 from jaxinterp.models.agent import Agent, preprocess
 
-__all__ = ["ObjectResponse", "load_npz", "object_response", "save_npz"]
+__all__ = ["ObjectResponse", "load_npz", "object_response", "objects_at", "save_npz"]
 
 NPZ_FORMAT = "jaxinterp.objects/1"
 DEFAULT_BATCH_SIZE = 64
@@ -183,6 +183,28 @@ def object_response(
         pixels=(np.asarray(sums.coverage, np.float64).sum((0, 1)) * block).round().astype(np.int64),
         num_frames=seen,
     )
+
+
+def objects_at(object_maps, frames, ys, xs, block: int) -> np.ndarray:
+    """The object class (index into `OBJECT_CLASSES`) under feature-map positions ``(ys, xs)`` of ``frames``.
+
+    ``object_maps`` maps a global frame index to its (64, 64) map (a dict, or an array indexed by it); a position
+    covers a ``block`` x ``block`` pixel square (the layer's stride, ``ReceptiveField.jump``). It names the object
+    covering most of that square, floor and wall counting only when no object is there; an empty slot (negative
+    frame index) gives -1.
+    """
+    frames, ys, xs = (np.asarray(a) for a in (frames, ys, xs))
+    bh = bw = int(block)
+    background = [OBJECT_CLASSES.index("floor"), OBJECT_CLASSES.index("wall")]
+    out = np.full(frames.shape, -1, np.int64)
+    for i in zip(*np.nonzero(frames >= 0)):
+        y, x = int(ys[i]), int(xs[i])
+        block = np.asarray(object_maps[int(frames[i])])[y * bh : (y + 1) * bh, x * bw : (x + 1) * bw]
+        counts = np.bincount(block.ravel(), minlength=len(OBJECT_CLASSES))
+        objects = counts.copy()
+        objects[background] = 0
+        out[i] = np.argmax(objects) if objects.any() else np.argmax(counts)
+    return out
 
 
 def save_npz(result: ObjectResponse, path: str | Path) -> None:

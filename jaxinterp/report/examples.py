@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
+from jaxinterp.examples.objects import objects_at
 from jaxinterp.report import images
 
 __all__ = ["DEFAULT_COLUMNS", "MIN_PATCH_PIXELS", "examples_sheet", "write_sheets"]
@@ -21,10 +23,19 @@ MIN_PATCH_PIXELS = 96
 the first conv would be invisible as is."""
 
 
-def _label(value: float, frame: int, show_frame: bool) -> str:
+def _label(value: float, frame: int, show_frame: bool, obj: int = -1) -> str:
     if frame < 0:
         return "(none)"  # fewer distinct examples than slots
-    return f"{value:.3g} #{frame}" if show_frame else f"{value:.3g}"
+    text = f"{value:.3g} #{frame}" if show_frame else f"{value:.3g}"
+    return f"{text}\n{OBJECT_CLASSES[obj]}" if obj >= 0 else text
+
+
+def _labels(ranked, j: int, show_frame: bool, objs: np.ndarray | None) -> list[str]:
+    """Captions of feature ``j``'s ranked patches; ``objs`` (k,) names the object under each (None: no names)."""
+    objs = np.full(ranked.values.shape[1], -1) if objs is None else objs
+    return [
+        _label(v, f, show_frame, o) for v, f, o in zip(ranked.values[j], ranked.frames[j], objs, strict=True)
+    ]
 
 
 def examples_sheet(
@@ -35,8 +46,13 @@ def examples_sheet(
     columns: int = DEFAULT_COLUMNS,
     bottom: bool = True,
     show_frame: bool = False,
+    object_maps=None,
 ) -> np.ndarray:
-    """The sheet of feature ``j`` (its row in ``result``): top patches, then the least-activating ones; uint8."""
+    """The sheet of feature ``j`` (its row in ``result``): top patches, then the least-activating ones; uint8.
+
+    With ``object_maps`` (global frame index -> (64, 64) map, as rollout datasets store them) each patch also
+    names the game object at its position (`jaxinterp.examples.objects.objects_at`).
+    """
     p = result.patches.shape[2]
     scale = max(1, math.ceil(MIN_PATCH_PIXELS / p)) if scale is None else scale
     pos = result.positions
@@ -46,7 +62,7 @@ def examples_sheet(
     parts = [
         images.contact_sheet(
             result.patches[j],
-            [_label(v, f, show_frame) for v, f in zip(pos.values[j], pos.frames[j], strict=True)],
+            _labels(pos, j, show_frame, _objects(result, pos, j, object_maps)),
             columns=columns,
             scale=scale,
             title=title,
@@ -57,13 +73,20 @@ def examples_sheet(
         parts.append(
             images.contact_sheet(
                 result.bottom_patches[j],
-                [_label(v, f, show_frame) for v, f in zip(low.values[j], low.frames[j], strict=True)],
+                _labels(low, j, show_frame, _objects(result, low, j, object_maps)),
                 columns=columns,
                 scale=scale,
                 title=f"least activating (frame {result.frame_score}, patch at the minimum)",
             )
         )
     return images.stack(parts)
+
+
+def _objects(result: ExamplesResult, ranked, j: int, object_maps) -> np.ndarray | None:
+    """(k,) object classes under feature ``j``'s ranked positions, or None without object maps."""
+    if object_maps is None:
+        return None
+    return objects_at(object_maps, ranked.frames[j], ranked.ys[j], ranked.xs[j], result.receptive_field.jump)
 
 
 def write_sheets(
@@ -74,6 +97,7 @@ def write_sheets(
     columns: int = DEFAULT_COLUMNS,
     bottom: bool = True,
     show_frame: bool = False,
+    object_maps=None,
     npz: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
@@ -83,7 +107,15 @@ def write_sheets(
     stem = images.file_stem(result.layer)
     paths = []
     for j, fid in enumerate(result.ids):
-        sheet = examples_sheet(result, j, scale=scale, columns=columns, bottom=bottom, show_frame=show_frame)
+        sheet = examples_sheet(
+            result,
+            j,
+            scale=scale,
+            columns=columns,
+            bottom=bottom,
+            show_frame=show_frame,
+            object_maps=object_maps,
+        )
         paths.append(images.save_png(out_dir / f"{stem}_{int(fid):04d}.png", sheet))
         if progress is not None:
             progress(1)

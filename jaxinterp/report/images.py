@@ -107,14 +107,16 @@ def contact_sheet(
     title: str | None = None,
     gap: int = GAP,
 ) -> np.ndarray:
-    """A grid of N images (N, H, W, 3) in rows of ``columns``, each with its label underneath; uint8 (H', W', 3)."""
+    """A grid of N images (N, H, W, 3) in rows of ``columns``, each with its label (lines split at "\\n")
+    underneath; uint8 (H', W', 3)."""
     images = upscale(to_uint8(images), scale)
     if images.ndim != 4 or len(images) == 0:
         raise JaxinterpError(f"contact sheet needs images (N, H, W, 3) with N >= 1, got shape {images.shape}")
     if labels is not None and len(labels) != len(images):
         raise JaxinterpError(f"got {len(labels)} labels for {len(images)} images")
     font = ImageFont.load_default()
-    text_h = _text_height(font) if labels is not None else 0
+    lines = max((str(label).count("\n") + 1 for label in labels), default=1) if labels is not None else 0
+    text_h = _text_height(font) * lines
     title_h = _text_height(font) + gap if title else 0
     n, h, w, _ = images.shape
     cols = max(1, min(columns, n))
