@@ -40,9 +40,8 @@ class ObjectResponse(NamedTuple):
     description: str
     ids: np.ndarray  # (F,) feature names (channel numbers for channels)
     classes: tuple[str, ...]  # (K,)
-    z: (
-        np.ndarray
-    )  # (F, K) position-matched z-score over the class's pixels (NaN where the class never appeared)
+    # (F, K) position-matched z-score over the class's pixels (NaN where the class never appeared)
+    z: np.ndarray
     mean: np.ndarray  # (F, K) plain mean feature value over the class's pixels
     pixels: np.ndarray  # (K,) how many frame pixels the class covered
     num_frames: int
@@ -79,30 +78,25 @@ def _block_coverage(objects: jax.Array, h: int, w: int) -> jax.Array:
 class _Sums(NamedTuple):
     """Per feature-map position, summed over frames: what the position-matched score needs."""
 
-    by_class: jax.Array  # (h, w, F, K) feature value x class coverage
-    coverage: jax.Array  # (h, w, K)
-    total: jax.Array  # (h, w, F)
-    squares: jax.Array  # (h, w, F)
+    by_class: np.ndarray  # (h, w, F, K) feature value x class coverage
+    coverage: np.ndarray  # (h, w, K)
+    total: np.ndarray  # (h, w, F)
+    squares: np.ndarray  # (h, w, F)
 
 
 @functools.lru_cache(maxsize=16)
-def _jit_step(agent: Agent, feature: Feature, h: int, w: int) -> Callable:
-    def step(params, sums: _Sums, frames, objects, valid) -> _Sums:
+def _jit_batch_sums(agent: Agent, feature: Feature, h: int, w: int) -> Callable:
+    def batch_sums(params, frames, objects, valid) -> _Sums:
         maps = feature_maps(agent, params, feature, preprocess(frames))[0] * valid[:, None, None, None]
         cov = _block_coverage(objects, h, w) * valid[:, None, None, None]
-        return _Sums(
-            sums.by_class + jnp.einsum("nhwf,nhwk->hwfk", maps, cov),
-            sums.coverage + cov.sum(0),
-            sums.total + maps.sum(0),
-            sums.squares + (maps * maps).sum(0),
-        )
+        return _Sums(jnp.einsum("nhwf,nhwk->hwfk", maps, cov), cov.sum(0), maps.sum(0), (maps * maps).sum(0))
 
-    return jax.jit(step)
+    return jax.jit(batch_sums)
 
 
 def _scores(sums: _Sums, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(position-matched z, plain mean), both (F, K), from the summed statistics."""
-    by_class, coverage, total, squares = (np.asarray(x, np.float64) for x in sums)
+    """(position-matched z, plain mean), both (F, K), from the summed statistics (float64)."""
+    by_class, coverage, total, squares = sums
     mean = total / frames  # (h, w, F)
     std = np.sqrt(np.maximum(squares / frames - mean**2, 0.0))
     # A position where the feature never varies contributes no deviation (its value there is always the usual one).
@@ -110,10 +104,8 @@ def _scores(sums: _Sums, frames: int) -> tuple[np.ndarray, np.ndarray]:
     inv = np.where(varies, 1 / np.where(varies, std, 1), 0.0)
     deviation = np.einsum("hwfk,hwf->fk", by_class, inv) - np.einsum("hwf,hwk->fk", mean * inv, coverage)
     pixels = coverage.sum((0, 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pixels > 0, deviation / pixels, np.nan), np.where(
-            pixels > 0, by_class.sum((0, 1)) / pixels, np.nan
-        )
+    seen = np.where(pixels > 0, pixels, np.nan)  # a class never seen gets NaN
+    return deviation / seen, by_class.sum((0, 1)) / seen
 
 
 def _pieces(source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -134,6 +126,13 @@ def _pieces(source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     raise JaxinterpError("source must be a rollout Dataset or a (frames, objects) pair of arrays")
 
 
+def _add(sums: _Sums | None, batch: _Sums | None) -> _Sums | None:
+    if batch is None:
+        return sums
+    batch = _Sums(*(np.asarray(x, np.float64) for x in batch))
+    return batch if sums is None else _Sums(*(a + b for a, b in zip(sums, batch, strict=True)))
+
+
 def object_response(
     agent: Agent,
     feature: Feature | str,
@@ -151,11 +150,10 @@ def object_response(
         raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
     feature = as_feature(agent, feature, channels)
     params = agent.params if params is None else params
-    h, w, f = feature_size(agent, feature)
-    step = _jit_step(agent, feature, h, w)
-    k = len(OBJECT_CLASSES)
-    sums = _Sums(jnp.zeros((h, w, f, k)), jnp.zeros((h, w, k)), jnp.zeros((h, w, f)), jnp.zeros((h, w, f)))
-    seen = 0
+    h, w, _ = feature_size(agent, feature)
+    batch_sums = _jit_batch_sums(agent, feature, h, w)
+    # Sums accumulate on the host in float64: a variance from float32 sums over a million frames would lose digits.
+    sums, pending, seen = None, None, 0
     for frames, objects in _pieces(source):
         for s in range(0, len(frames), batch_size):
             fr, ob = np.asarray(frames[s : s + batch_size]), np.asarray(objects[s : s + batch_size])
@@ -165,10 +163,13 @@ def object_response(
             if n < batch_size:  # pad the last batch so that one compilation serves every batch
                 fr = np.concatenate([fr, np.zeros((batch_size - n, *fr.shape[1:]), fr.dtype)])
                 ob = np.concatenate([ob, np.zeros((batch_size - n, *ob.shape[1:]), ob.dtype)])
-            sums = step(params, sums, fr, ob, valid)
+            # Dispatch this batch before adding the previous one, so the host adds while the device computes.
+            pending, done = batch_sums(params, fr, ob, valid), pending
+            sums = _add(sums, done)
             seen += n
             if progress is not None:
                 progress(n)
+    sums = _add(sums, pending)
     if seen == 0:
         raise JaxinterpError("no frames to measure object responses on")
     z, mean = _scores(sums, seen)
@@ -180,7 +181,7 @@ def object_response(
         classes=OBJECT_CLASSES,
         z=z,
         mean=mean,
-        pixels=(np.asarray(sums.coverage, np.float64).sum((0, 1)) * block).round().astype(np.int64),
+        pixels=(sums.coverage.sum((0, 1)) * block).round().astype(np.int64),
         num_frames=seen,
     )
 
