@@ -254,7 +254,7 @@ def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
         def run():
             state = topk_mod.init_state(f, k, 4 * k, c)
             for b, i in zip(batches, index, strict=True):
-                state = step(params, state, b, i, valid)
+                state = step(params, state, b, i, valid, i)  # each frame its own episode
             jax.block_until_ready(state)
 
         run()  # compile

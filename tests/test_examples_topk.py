@@ -223,12 +223,51 @@ class FakeDataset:
         return len(self.frames)
 
     def iter_chunks(self, chunk_size=None, fields=None):
-        assert chunk_size is None and fields == ["frames"]
+        assert chunk_size is None and fields == ["frames", "episode_ids"]
         for s in range(0, len(self.frames), self.chunk):
-            yield {
-                "frames": self.frames[s : s + self.chunk],
-                "index": np.arange(s, min(s + self.chunk, len(self))),
-            }
+            index = np.arange(s, min(s + self.chunk, len(self)))
+            yield {"frames": self.frames[s : s + self.chunk], "index": index, "episode_ids": index}
+
+
+@pytest.mark.parametrize("one_per_frame", [True, False])
+def test_candidates_are_one_per_episode_and_position(one_per_frame):
+    """Frames of one episode that peak at the same place (a lock that does not move) give one candidate: the
+    best; the pool is then the top of the greedy (episode, y, x)-unique ranking of the whole stream."""
+    agent, frames = random_agent(), random_frames()
+    maps = features.compute_feature_maps(agent, LAYER, frames)
+    n, h, w, f = maps.shape
+    episodes = np.arange(n) // 10  # 4 episodes of 10 frames
+    m = 12
+    source = [
+        {"frames": frames[s : s + 8], "index": np.arange(s, s + 8), "episode_ids": episodes[s : s + 8]}
+        for s in range(0, n, 8)
+    ]
+    result = topk.scan(
+        agent,
+        features.channels(LAYER),
+        source,
+        k=4,
+        num_candidates=m,
+        one_per_frame=one_per_frame,
+        batch_size=8,
+    )
+    flat = maps.reshape(n, h * w, f)
+    for j in range(f):
+        if one_per_frame:
+            frame, pos = np.arange(n), flat[:, :, j].argmax(1)
+        else:
+            frame, pos = np.divmod(np.arange(n * h * w), h * w)
+        values = flat[frame, pos, j]
+        seen, expected = set(), []
+        for i in np.argsort(-values, kind="stable"):
+            if (episodes[frame[i]], pos[i]) not in seen:
+                seen.add((episodes[frame[i]], pos[i]))
+                expected.append((frame[i], pos[i]))
+        got = list(zip(result.candidates.frames[j], result.candidates.ys[j] * w + result.candidates.xs[j]))
+        assert got == expected[:m], j
+    plain = topk.scan(agent, features.channels(LAYER), frames, k=4, num_candidates=m, batch_size=8)
+    # the episodes made a difference
+    assert not np.array_equal(plain.candidates.frames, result.candidates.frames)
 
 
 def test_dataset_source_equals_array_source():

@@ -9,7 +9,10 @@ earlier frame, exactly as a stable sort of the whole dataset.
 
 Position candidates are by default one per frame and feature (the frame's arg-max): neighbouring positions of one
 frame see nearly the same patch, so letting them in would fill the candidates with near-copies before diversity
-selection sees them. ``one_per_frame=False`` ranks every (frame, y, x) instead.
+selection sees them. ``one_per_frame=False`` ranks every (frame, y, x) instead. Candidates are also one per
+(episode, y, x) when the source says which episode each frame is from (a ``Dataset`` does): Heist's view does not
+move, so a lock or a key stays at one place for the hundreds of frames of its episode, and those frames' candidates
+would otherwise fill the pool with one object before diversity selection sees another.
 
 Exact copies are dropped by default (``dedupe``): a standing agent or a uniform wall gives the very same patch, and
 so the very same value, again and again, and k copies of one patch would fill a sheet. Values that are exactly equal
@@ -80,6 +83,7 @@ class TopKState(NamedTuple):
     top: Ranked
     bottom: Ranked
     candidates: Ranked
+    groups: jax.Array  # (F, M) the episode (or, without episodes, the frame) of each candidate
     vectors: jax.Array  # (F, M, C) layer activations at each candidate position (C = 0 when not kept)
 
 
@@ -94,24 +98,39 @@ def init_state(num_features: int, k: int, num_candidates: int, vector_size: int)
         top=_empty(num_features, k, -jnp.inf),
         bottom=_empty(num_features, k, jnp.inf),
         candidates=_empty(num_features, num_candidates, -jnp.inf),
+        groups=jnp.full((num_features, num_candidates), EMPTY, jnp.int32),
         vectors=jnp.zeros((num_features, num_candidates, vector_size), jnp.float32),
     )
 
 
 def _merge(
-    run: Ranked, new: Ranked, k: int, dedupe: bool, pool: int | None = None
+    run: Ranked,
+    new: Ranked,
+    k: int,
+    dedupe: bool,
+    pool: int | None = None,
+    keys: tuple[jax.Array, ...] = (),
 ) -> tuple[Ranked, jax.Array]:
     """The ``k`` highest of ``run`` followed by ``new`` (F, ·) per feature, and where each came from.
 
     With ``dedupe`` an example whose value exactly equals a higher-ranked one's is dropped (the earlier one stays),
-    looking at the best ``pool`` (default: all). Slots left without an example get -inf and frame ``EMPTY``.
+    looking at the best ``pool`` (default: all); so is one whose ``keys`` (arrays shaped like the concatenated
+    values) all equal a higher-ranked example's. Slots left without an example get -inf and frame ``EMPTY``.
     """
     values = jnp.concatenate([run.values, new.values], 1)
     if dedupe:
         ranked, order = jax.lax.top_k(values, min(values.shape[1], pool or values.shape[1]))
         # Sorted, so copies are neighbours; exact zeros are dead relus, distinct examples that merely agree.
-        copy = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] != 0)
-        ranked = jnp.where(jnp.pad(copy, ((0, 0), (1, 0))), -jnp.inf, ranked)
+        copy = jnp.pad((ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] != 0), ((0, 0), (1, 0)))
+        if keys:
+            ranked_keys = [jnp.take_along_axis(key, order, 1) for key in keys]
+            same = functools.reduce(
+                jnp.logical_and, [key[:, :, None] == key[:, None, :] for key in ranked_keys]
+            )
+            n = ranked.shape[1]
+            higher = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # [i, j]: j ranks above i
+            copy |= (same & higher & (ranked > -jnp.inf)[:, None, :]).any(2)
+        ranked = jnp.where(copy, -jnp.inf, ranked)
         values, j = jax.lax.top_k(ranked, k)
         idx = jnp.take_along_axis(order, j, 1)
     else:
@@ -133,12 +152,14 @@ def update(
     acts: jax.Array,
     index: jax.Array,
     valid: jax.Array,
+    groups: jax.Array | None = None,
     *,
     frame_score: FrameScore = "max",
     one_per_frame: bool = True,
     dedupe: bool = True,
 ) -> TopKState:
-    """``state`` after seeing a batch: feature maps (B, H, W, F), layer acts (B, H, W, C), frame indices (B,).
+    """``state`` after seeing a batch: feature maps (B, H, W, F), layer acts (B, H, W, C), frame indices (B,),
+    and each frame's episode (B,) in ``groups`` (None: every frame its own).
 
     Rows with ``valid`` False (padding of a short batch) never enter the state.
     """
@@ -156,9 +177,11 @@ def update(
     top, _ = _merge(state.top, ranked(score, arg_max, -jnp.inf), k, dedupe)
     bottom, _ = _merge(_negate(state.bottom), _negate(ranked(score, arg_min, jnp.inf)), k, dedupe)
 
+    groups = index if groups is None else groups
     if one_per_frame:
         new = ranked(jnp.max(flat, 1), arg_max, -jnp.inf)
         local = jnp.broadcast_to(jnp.arange(b)[None, :], (f, b))
+        new_groups = jnp.broadcast_to(groups[None, :], (f, b))
     else:  # every position: candidate j is frame j // (H W), position j % (H W)
         pos = jnp.arange(b * h * w) % (h * w)
         rows = jnp.arange(b * h * w) // (h * w)
@@ -168,8 +191,14 @@ def update(
         )
         new = new._replace(frames=new.frames.astype(jnp.int32))
         local = jnp.broadcast_to(rows[None, :], (f, b * h * w))
-    # Every position: dedupe among the best 2M + B only (a full sort of B·H·W values per step would cost more).
-    candidates, idx = _merge(state.candidates, new, m, dedupe, None if one_per_frame else 2 * m + b)
+        new_groups = jnp.broadcast_to(groups[rows][None, :], (f, b * h * w))
+    # One candidate per (episode, y, x); every position: dedupe among the best 2M + B only (a full sort of B·H·W
+    # values per step would cost more).
+    cat = functools.partial(jnp.concatenate, axis=1)
+    old = state.candidates
+    keys = (cat([state.groups, new_groups]), cat([old.ys * w + old.xs, new.ys * w + new.xs]))
+    candidates, idx = _merge(old, new, m, dedupe, None if one_per_frame else 2 * m + b, keys)
+    cand_groups = jnp.take_along_axis(keys[0], idx, 1)
 
     vectors = state.vectors
     if vectors.shape[-1]:
@@ -178,7 +207,7 @@ def update(
         fresh = acts[n, candidates.ys.clip(0), candidates.xs.clip(0)]  # (F, M, C)
         kept = jnp.take_along_axis(vectors, jnp.minimum(idx, m - 1)[..., None], 1)
         vectors = jnp.where(from_new[..., None], fresh, kept)
-    return TopKState(top, _negate(bottom), candidates, vectors)
+    return TopKState(top, _negate(bottom), candidates, cand_groups, vectors)
 
 
 class ScanResult(NamedTuple):
@@ -204,25 +233,25 @@ def _check_frames(frames) -> np.ndarray:
     return frames
 
 
-def _chunks(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(frames, global indices or None) per chunk, whatever form the source takes."""
-    if hasattr(source, "iter_chunks"):  # a jaxinterp Dataset: stored chunks, frames only
-        for chunk in source.iter_chunks(None, fields=["frames"]):
-            yield chunk["frames"], chunk["index"]
+def _chunks(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(frames, global indices or None, episode ids or None) per chunk, whatever form the source takes."""
+    if hasattr(source, "iter_chunks"):  # a jaxinterp Dataset: stored chunks, frames and their episodes
+        for chunk in source.iter_chunks(None, fields=["frames", "episode_ids"]):
+            yield chunk["frames"], chunk["index"], chunk["episode_ids"]
     elif isinstance(source, np.ndarray | jax.Array):
-        yield np.asarray(source), None
+        yield np.asarray(source), None, None
     else:
         for chunk in source:
             if isinstance(chunk, dict):
                 if "frames" not in chunk:
                     raise JaxinterpError(
-                        f"a chunk dict needs a 'frames' entry (and 'index'), got {sorted(chunk)}"
+                        f"a chunk dict needs a 'frames' entry (and 'index', 'episode_ids'), got {sorted(chunk)}"
                     )
-                yield chunk["frames"], chunk.get("index")
+                yield chunk["frames"], chunk.get("index"), chunk.get("episode_ids")
             elif isinstance(chunk, tuple):
-                yield chunk
+                yield (*chunk, None)
             else:
-                yield chunk, None
+                yield chunk, None, None
 
 
 def _first_copies(frames: np.ndarray, seen: set[bytes]) -> np.ndarray:
@@ -238,9 +267,10 @@ def _first_copies(frames: np.ndarray, seen: set[bytes]) -> np.ndarray:
 
 def iter_batches(
     source: Source, batch_size: int, *, skip_repeats: bool = False
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """(uint8 frames, int64 global indices, source frames covered) in pieces of at most ``batch_size``; chunks
-    without indices count on.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(uint8 frames, int64 global indices, int64 episode ids, source frames covered) in pieces of at most
+    ``batch_size``; chunks without indices count on, and a frame without an episode id is its own episode (its
+    index).
 
     With ``skip_repeats`` a frame identical to an earlier one is left out (its activations would be identical too);
     the last piece of each chunk counts the frames skipped in it, and a chunk of repeats only gives an empty piece.
@@ -248,27 +278,30 @@ def iter_batches(
     if batch_size < 1:
         raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
     next_index, seen = 0, set()
-    for frames, index in _chunks(source):
+    for frames, index, episodes in _chunks(source):
         frames = _check_frames(frames)
         n = len(frames)
         index = np.arange(next_index, next_index + n) if index is None else np.asarray(index, np.int64)
-        if index.shape != (n,):
+        episodes = index if episodes is None else np.asarray(episodes, np.int64)
+        if index.shape != (n,) or episodes.shape != (n,):
             raise JaxinterpError(
-                f"a chunk of {n} frames came with {index.shape} indices; give one index per frame"
+                f"a chunk of {n} frames came with {index.shape} indices and {episodes.shape} episode ids; "
+                "give one of each per frame"
             )
-        if n and (index.min() < 0 or index.max() > _MAX_INDEX):
-            raise JaxinterpError(
-                f"frame indices must lie in [0, {_MAX_INDEX}], got {index.min()}..{index.max()}"
-            )
+        for name, values in (("frame indices", index), ("episode ids", episodes)):
+            if n and (values.min() < 0 or values.max() > _MAX_INDEX):
+                raise JaxinterpError(
+                    f"{name} must lie in [0, {_MAX_INDEX}], got {values.min()}..{values.max()}"
+                )
         next_index = int(index.max()) + 1 if n else next_index
         if skip_repeats:
             keep = _first_copies(frames, seen)
-            frames, index = frames[keep], index[keep]
+            frames, index, episodes = frames[keep], index[keep], episodes[keep]
         starts = range(0, len(frames), batch_size) or [0]
         for s in starts:
             piece = slice(s, s + batch_size)
             covered = len(frames[piece]) + (n - len(frames) if s == starts[-1] else 0)
-            yield frames[piece], index[piece], covered
+            yield frames[piece], index[piece], episodes[piece], covered
 
 
 def _referenced(state) -> np.ndarray:
@@ -284,12 +317,12 @@ def _trim(r: Ranked) -> Ranked:
 
 @functools.lru_cache(maxsize=16)
 def make_step(agent: Agent, feature: Feature, *, frame_score: FrameScore, one_per_frame: bool, dedupe: bool):
-    """The jitted per-batch step ``(params, state, obs uint8, index, valid) -> state``."""
+    """The jitted per-batch step ``(params, state, obs uint8, index, valid, episodes) -> state``."""
     options = {"frame_score": frame_score, "one_per_frame": one_per_frame, "dedupe": dedupe}
 
-    def step(params, state, obs, index, valid):
+    def step(params, state, obs, index, valid, episodes):
         feats, acts = feature_maps(agent, params, feature, preprocess(obs))
-        return update(state, feats, acts, index, valid, **options)
+        return update(state, feats, acts, index, valid, episodes, **options)
 
     return jax.jit(step)
 
@@ -334,7 +367,7 @@ def scan(
         for i in set(cache) - set(refs.tolist()):
             del cache[i]
 
-    for frames, index, covered in iter_batches(source, batch_size, skip_repeats=dedupe):
+    for frames, index, episodes, covered in iter_batches(source, batch_size, skip_repeats=dedupe):
         n = len(frames)
         seen += covered
         if progress is not None:
@@ -345,10 +378,12 @@ def scan(
             pad = batch_size - n
             frames_in = np.concatenate([frames, np.zeros((pad, *OBS_SHAPE), np.uint8)])
             index_in = np.concatenate([index, np.full(pad, EMPTY)])
+            episodes_in = np.concatenate([episodes, np.full(pad, EMPTY)])
         else:
-            frames_in, index_in = frames, index
+            frames_in, index_in, episodes_in = frames, index, episodes
         valid = np.arange(batch_size) < n
-        state = step(params, state, frames_in, index_in.astype(np.int32), valid)  # dispatched asynchronously
+        # dispatched asynchronously
+        state = step(params, state, frames_in, index_in.astype(np.int32), valid, episodes_in.astype(np.int32))
         if pending is not None:  # overlaps the device step just dispatched
             keep_referenced(*pending)
         pending = (state, frames, index)
