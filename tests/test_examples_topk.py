@@ -230,9 +230,9 @@ class FakeDataset:
 
 
 @pytest.mark.parametrize("one_per_frame", [True, False])
-def test_candidates_are_one_per_episode_and_position(one_per_frame):
-    """Frames of one episode that peak at the same place (a lock that does not move) give one candidate: the
-    best; the pool is then the top of the greedy (episode, y, x)-unique ranking of the whole stream."""
+def test_examples_are_one_per_episode_and_position(one_per_frame):
+    """Frames of one episode that peak at the same place (a lock that does not move) give one example: the best;
+    each list is the head of the greedy (episode, y, x)-unique ranking of the whole stream."""
     agent, frames = random_agent(), random_frames()
     maps = features.compute_feature_maps(agent, LAYER, frames)
     n, h, w, f = maps.shape
@@ -252,19 +252,30 @@ def test_candidates_are_one_per_episode_and_position(one_per_frame):
         batch_size=8,
     )
     flat = maps.reshape(n, h * w, f)
-    for j in range(f):
-        if one_per_frame:
-            frame, pos = np.arange(n), flat[:, :, j].argmax(1)
-        else:
-            frame, pos = np.divmod(np.arange(n * h * w), h * w)
-        values = flat[frame, pos, j]
-        seen, expected = set(), []
+
+    def unique_head(frame, pos, values, count):
+        seen, head = set(), []
         for i in np.argsort(-values, kind="stable"):
             if (episodes[frame[i]], pos[i]) not in seen:
                 seen.add((episodes[frame[i]], pos[i]))
-                expected.append((frame[i], pos[i]))
-        got = list(zip(result.candidates.frames[j], result.candidates.ys[j] * w + result.candidates.xs[j]))
-        assert got == expected[:m], j
+                head.append((frame[i], pos[i]))
+        return head[:count]
+
+    def listed(ranked, j):
+        return list(zip(ranked.frames[j], ranked.ys[j] * w + ranked.xs[j]))
+
+    frame = np.arange(n)
+    for j in range(f):
+        top_pos, low_pos = flat[:, :, j].argmax(1), flat[:, :, j].argmin(1)
+        assert listed(result.top, j) == unique_head(frame, top_pos, flat[frame, top_pos, j], 4), j
+        # bottom frames rank by the lowest frame score (max), shown at their minimum
+        assert listed(result.bottom, j) == unique_head(frame, low_pos, -flat[:, :, j].max(1), 4), j
+        if one_per_frame:
+            cand_frame, cand_pos = frame, top_pos
+        else:
+            cand_frame, cand_pos = np.divmod(np.arange(n * h * w), h * w)
+        expected = unique_head(cand_frame, cand_pos, flat[cand_frame, cand_pos, j], m)
+        assert listed(result.candidates, j) == expected, j
     plain = topk.scan(agent, features.channels(LAYER), frames, k=4, num_candidates=m, batch_size=8)
     # the episodes made a difference
     assert not np.array_equal(plain.candidates.frames, result.candidates.frames)

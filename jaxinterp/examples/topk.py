@@ -9,10 +9,11 @@ earlier frame, exactly as a stable sort of the whole dataset.
 
 Position candidates are by default one per frame and feature (the frame's arg-max): neighbouring positions of one
 frame see nearly the same patch, so letting them in would fill the candidates with near-copies before diversity
-selection sees them. ``one_per_frame=False`` ranks every (frame, y, x) instead. Candidates are also one per
-(episode, y, x) when the source says which episode each frame is from (a ``Dataset`` does): Heist's view does not
-move, so a lock or a key stays at one place for the hundreds of frames of its episode, and those frames' candidates
-would otherwise fill the pool with one object before diversity selection sees another.
+selection sees them. ``one_per_frame=False`` ranks every (frame, y, x) instead. Every list (top and
+bottom frames, candidates) also keeps one example per (episode, y, x) when the source says which episode each frame
+is from (a ``Dataset`` does): Heist's view does not move, so a lock or a key stays at one place for the hundreds of
+frames of its episode, and those frames would otherwise fill the lists with one object before diversity selection
+sees another.
 
 Exact copies are dropped by default (``dedupe``): a standing agent or a uniform wall gives the very same patch, and
 so the very same value, again and again, and k copies of one patch would fill a sheet. Values that are exactly equal
@@ -83,8 +84,9 @@ class TopKState(NamedTuple):
     top: Ranked
     bottom: Ranked
     candidates: Ranked
-    groups: jax.Array  # (F, M) the episode (or, without episodes, the frame) of each candidate
     vectors: jax.Array  # (F, M, C) layer activations at each candidate position (C = 0 when not kept)
+    # The episode (without episodes: the frame) of each entry of top, bottom and candidates: (F, k), (F, k), (F, M).
+    episodes: tuple[jax.Array, jax.Array, jax.Array]
 
 
 def _empty(num_features: int, k: int, fill: float) -> Ranked:
@@ -98,8 +100,8 @@ def init_state(num_features: int, k: int, num_candidates: int, vector_size: int)
         top=_empty(num_features, k, -jnp.inf),
         bottom=_empty(num_features, k, jnp.inf),
         candidates=_empty(num_features, num_candidates, -jnp.inf),
-        groups=jnp.full((num_features, num_candidates), EMPTY, jnp.int32),
         vectors=jnp.zeros((num_features, num_candidates, vector_size), jnp.float32),
+        episodes=tuple(jnp.full((num_features, n), EMPTY, jnp.int32) for n in (k, k, num_candidates)),
     )
 
 
@@ -142,6 +144,17 @@ def _merge(
     return Ranked(values, *pick), idx
 
 
+def _merge_unique(
+    run: Ranked, run_episodes, new: Ranked, new_episodes, k: int, dedupe: bool, width: int, pool=None
+) -> tuple[Ranked, jax.Array, jax.Array]:
+    """``_merge`` keeping one example per (episode, y, x): (merged, its episodes, where each came from)."""
+    cat = functools.partial(jnp.concatenate, axis=1)
+    episodes = cat([run_episodes, new_episodes])
+    keys = (episodes, cat([run.ys * width + run.xs, new.ys * width + new.xs]))
+    merged, idx = _merge(run, new, k, dedupe, pool, keys)
+    return merged, jnp.take_along_axis(episodes, idx, 1), idx
+
+
 def _negate(r: Ranked) -> Ranked:
     return r._replace(values=-r.values)
 
@@ -161,7 +174,8 @@ def update(
     """``state`` after seeing a batch: feature maps (B, H, W, F), layer acts (B, H, W, C), frame indices (B,),
     and each frame's episode (B,) in ``groups`` (None: every frame its own).
 
-    Rows with ``valid`` False (padding of a short batch) never enter the state.
+    Every list keeps one example per (episode, y, x) (with ``dedupe``). Rows with ``valid`` False (padding of a
+    short batch) never enter the state.
     """
     b, h, w, f = feats.shape
     k, m = state.top.values.shape[1], state.candidates.values.shape[1]
@@ -174,14 +188,19 @@ def update(
     def ranked(values, pos, fill):
         return Ranked(jnp.where(keep, values, fill).T, frames.T, (pos // w).T, (pos % w).T)
 
-    top, _ = _merge(state.top, ranked(score, arg_max, -jnp.inf), k, dedupe)
-    bottom, _ = _merge(_negate(state.bottom), _negate(ranked(score, arg_min, jnp.inf)), k, dedupe)
-
     groups = index if groups is None else groups
+    per_frame = jnp.broadcast_to(groups[None, :], (f, b))
+    top_ep, bottom_ep, cand_ep = state.episodes
+    top, top_ep, _ = _merge_unique(
+        state.top, top_ep, ranked(score, arg_max, -jnp.inf), per_frame, k, dedupe, w
+    )
+    low = _negate(ranked(score, arg_min, jnp.inf))
+    bottom, bottom_ep, _ = _merge_unique(_negate(state.bottom), bottom_ep, low, per_frame, k, dedupe, w)
+
     if one_per_frame:
         new = ranked(jnp.max(flat, 1), arg_max, -jnp.inf)
         local = jnp.broadcast_to(jnp.arange(b)[None, :], (f, b))
-        new_groups = jnp.broadcast_to(groups[None, :], (f, b))
+        new_ep = per_frame
     else:  # every position: candidate j is frame j // (H W), position j % (H W)
         pos = jnp.arange(b * h * w) % (h * w)
         rows = jnp.arange(b * h * w) // (h * w)
@@ -191,14 +210,10 @@ def update(
         )
         new = new._replace(frames=new.frames.astype(jnp.int32))
         local = jnp.broadcast_to(rows[None, :], (f, b * h * w))
-        new_groups = jnp.broadcast_to(groups[rows][None, :], (f, b * h * w))
-    # One candidate per (episode, y, x); every position: dedupe among the best 2M + B only (a full sort of B·H·W
-    # values per step would cost more).
-    cat = functools.partial(jnp.concatenate, axis=1)
-    old = state.candidates
-    keys = (cat([state.groups, new_groups]), cat([old.ys * w + old.xs, new.ys * w + new.xs]))
-    candidates, idx = _merge(old, new, m, dedupe, None if one_per_frame else 2 * m + b, keys)
-    cand_groups = jnp.take_along_axis(keys[0], idx, 1)
+        new_ep = jnp.broadcast_to(groups[rows][None, :], (f, b * h * w))
+    # Every position: dedupe among the best 2M + B only (a full sort of B·H·W values per step would cost more).
+    pool = None if one_per_frame else 2 * m + b
+    candidates, cand_ep, idx = _merge_unique(state.candidates, cand_ep, new, new_ep, m, dedupe, w, pool)
 
     vectors = state.vectors
     if vectors.shape[-1]:
@@ -207,7 +222,7 @@ def update(
         fresh = acts[n, candidates.ys.clip(0), candidates.xs.clip(0)]  # (F, M, C)
         kept = jnp.take_along_axis(vectors, jnp.minimum(idx, m - 1)[..., None], 1)
         vectors = jnp.where(from_new[..., None], fresh, kept)
-    return TopKState(top, _negate(bottom), candidates, cand_groups, vectors)
+    return TopKState(top, _negate(bottom), candidates, vectors, (top_ep, bottom_ep, cand_ep))
 
 
 class ScanResult(NamedTuple):
