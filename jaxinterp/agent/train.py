@@ -244,7 +244,7 @@ def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int =
                     (csum[ends] - csum[starts]) / (ends - starts),
                     label=f"last {CURVE_WINDOW} episodes",
                 )
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")  # never over the curves
         if warmup_frames:
             ax.axvspan(0, min(warmup_frames, frames[-1]), color="0.88", zorder=0)
         ax.set_xlabel("frames")
