@@ -170,3 +170,10 @@ def test_example_sheets_name_the_object_under_each_patch(played):
     all_floor = examples_sheet(result, 0, object_maps=np.full_like(maps, LABEL["floor"]))
     all_wall = examples_sheet(result, 0, object_maps=np.full_like(maps, LABEL["wall"]))
     assert all_floor.shape == all_wall.shape and not np.array_equal(all_floor, all_wall)  # the names differ
+
+
+def test_dense_layer_sheets_name_no_object(played):
+    """A dense feature's one position is the whole frame: naming its largest object would say nothing."""
+    frames, maps = played
+    result = find_examples(Agent.random("impala", seed=0), "hidden_fc", frames, channels=[0], k=2)
+    np.testing.assert_array_equal(examples_sheet(result, 0, object_maps=maps), examples_sheet(result, 0))

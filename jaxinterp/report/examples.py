@@ -11,6 +11,7 @@ import numpy as np
 from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
 from jaxinterp.examples.objects import objects_at
+from jaxinterp.examples.receptive import WHOLE_FRAME
 from jaxinterp.report import images
 
 __all__ = ["DEFAULT_COLUMNS", "MIN_PATCH_PIXELS", "examples_sheet", "write_sheets"]
@@ -83,8 +84,9 @@ def examples_sheet(
 
 
 def _objects(result: ExamplesResult, ranked, j: int, object_maps) -> np.ndarray | None:
-    """(k,) object classes under feature ``j``'s ranked positions, or None without object maps."""
-    if object_maps is None:
+    """(k,) object classes under feature ``j``'s ranked positions; None without object maps, or for a dense layer,
+    whose one position is the whole frame (the largest object in view would name every example)."""
+    if object_maps is None or result.receptive_field == WHOLE_FRAME:
         return None
     return objects_at(object_maps, ranked.frames[j], ranked.ys[j], ranked.xs[j], result.receptive_field.jump)
 
