@@ -152,10 +152,7 @@ def cmd_examples(args) -> None:
         diversity_on=args.diversity_on,
         progress=True,
     )
-    # Name the game object under every patch, from the object maps of the frames the sheets show.
-    shown = np.array(sorted(result.frames), np.int64)
-    object_maps = dict(zip(shown.tolist(), dataset.get(shown, ["objects"])["objects"], strict=True))
-    paths = write_sheets(result, args.out, object_maps=object_maps)
+    paths = write_sheets(result, args.out, object_maps=dataset)  # names the game object under every patch
     print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
 
 

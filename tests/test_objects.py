@@ -5,6 +5,7 @@ import pytest
 
 from jaxinterp.envs.heist import HeistConfig, HeistEnv
 from jaxinterp.envs.objects import OBJECT_CLASSES, Entity, HeistLayout, object_map, parse_state
+from jaxinterp.envs.rollout import collect, random_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import compute_feature_maps
 from jaxinterp.examples.find import find_examples
@@ -177,3 +178,20 @@ def test_dense_layer_sheets_name_no_object(played):
     frames, maps = played
     result = find_examples(Agent.random("impala", seed=0), "hidden_fc", frames, channels=[0], k=2)
     np.testing.assert_array_equal(examples_sheet(result, 0, object_maps=maps), examples_sheet(result, 0))
+
+
+def test_objects_at_reads_a_dataset(tmp_path):
+    ds = collect(
+        tmp_path / "ds",
+        frames=64,
+        policy=random_policy(),
+        env_config=HeistConfig(num_envs=4, seed=2),
+        seed=0,
+        progress=False,
+    )
+    rng = np.random.default_rng(0)
+    frames, ys, xs = rng.integers(0, 64, (3, 5)), rng.integers(0, 8, (3, 5)), rng.integers(0, 8, (3, 5))
+    frames[0, 0] = -1
+    np.testing.assert_array_equal(
+        objects_at(ds, frames, ys, xs, 8), objects_at(ds.column("objects"), frames, ys, xs, 8)
+    )

@@ -189,19 +189,22 @@ def object_response(
 def objects_at(object_maps, frames, ys, xs, block: int) -> np.ndarray:
     """The object class (index into `OBJECT_CLASSES`) under feature-map positions ``(ys, xs)`` of ``frames``.
 
-    ``object_maps`` maps a global frame index to its (64, 64) map (a dict, or an array indexed by it); a position
-    covers a ``block`` x ``block`` pixel square (the layer's stride, ``ReceptiveField.jump``). It names the object
-    covering most of that square, floor and wall counting only when no object is there; an empty slot (negative
-    frame index) gives -1.
+    ``object_maps``: a rollout ``Dataset`` (only the maps of these frames are read), or a mapping from global frame
+    index to its (64, 64) map (a dict, or an array indexed by it). A position covers a ``block`` x ``block`` pixel
+    square (the layer's stride, ``ReceptiveField.jump``) and names the object covering most of it, floor and wall
+    counting only when no object is there; an empty slot (negative frame index) gives -1.
     """
     frames, ys, xs = (np.asarray(a) for a in (frames, ys, xs))
+    if hasattr(object_maps, "iter_chunks"):  # a Dataset: read just the frames asked for
+        shown = np.unique(frames[frames >= 0])
+        object_maps = dict(zip(shown.tolist(), object_maps.get(shown, ["objects"])["objects"], strict=True))
     bh = bw = int(block)
     background = [OBJECT_CLASSES.index("floor"), OBJECT_CLASSES.index("wall")]
     out = np.full(frames.shape, -1, np.int64)
     for i in zip(*np.nonzero(frames >= 0)):
         y, x = int(ys[i]), int(xs[i])
-        block = np.asarray(object_maps[int(frames[i])])[y * bh : (y + 1) * bh, x * bw : (x + 1) * bw]
-        counts = np.bincount(block.ravel(), minlength=len(OBJECT_CLASSES))
+        block_map = np.asarray(object_maps[int(frames[i])])[y * bh : (y + 1) * bh, x * bw : (x + 1) * bw]
+        counts = np.bincount(block_map.ravel(), minlength=len(OBJECT_CLASSES))
         objects = counts.copy()
         objects[background] = 0
         out[i] = np.argmax(objects) if objects.any() else np.argmax(counts)

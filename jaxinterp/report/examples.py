@@ -51,8 +51,8 @@ def examples_sheet(
 ) -> np.ndarray:
     """The sheet of feature ``j`` (its row in ``result``): top patches, then the least-activating ones; uint8.
 
-    With ``object_maps`` (global frame index -> (64, 64) map, as rollout datasets store them) each patch also
-    names the game object at its position (`jaxinterp.examples.objects.objects_at`).
+    With ``object_maps`` (the rollout ``Dataset``, or global frame index -> (64, 64) map) each patch also names
+    the game object at its position (`jaxinterp.examples.objects.objects_at`).
     """
     p = result.patches.shape[2]
     scale = max(1, math.ceil(MIN_PATCH_PIXELS / p)) if scale is None else scale
