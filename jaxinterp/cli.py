@@ -161,7 +161,8 @@ def cmd_objects(args) -> None:
 
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.examples.objects import object_response
-    from jaxinterp.report.objects import object_table, write_object_response
+    from jaxinterp.report.images import save_png
+    from jaxinterp.report.objects import object_maps_sheet, object_table, write_object_response
 
     agent = _agent(args)
     channels = _channels(agent, args.layer, args.channels)
@@ -169,6 +170,11 @@ def cmd_objects(args) -> None:
     with tqdm(total=len(dataset), unit="frame", desc=f"objects {args.layer}") as bar:
         result = object_response(agent, args.layer, dataset, channels=channels, progress=bar.update)
     paths = write_object_response(result, args.out)
+    sample = np.linspace(0, len(dataset) - 1, 8).astype(np.int64)  # 8 frames across the dataset, as a check
+    rows = dataset.get(sample, ["frames", "objects"])
+    paths.append(
+        save_png(Path(args.out) / "object_maps.png", object_maps_sheet(rows["frames"], rows["objects"]))
+    )
     print(object_table(result), end="")
     print(f"wrote {', '.join(p.name for p in paths)} to {args.out}")
 

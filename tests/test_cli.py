@@ -157,6 +157,7 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
     table = capsys.readouterr().out
     assert "| 2 |" in table and "agent" in table
     assert sorted(p.name for p in out.glob("objects.*")) == ["objects.md", "objects.npz", "objects.png"]
+    assert (out / "object_maps.png").is_file()
     assert np.load(out / "objects.npz")["z"].shape == (3, 13)
 
 

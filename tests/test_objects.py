@@ -12,6 +12,7 @@ from jaxinterp.examples.find import find_examples
 from jaxinterp.examples.objects import load_npz, object_response, objects_at, save_npz
 from jaxinterp.models.agent import Agent
 from jaxinterp.report.examples import examples_sheet
+from jaxinterp.report.objects import OBJECT_COLOURS, colorize_objects, object_maps_sheet
 
 LABEL = {c: i for i, c in enumerate(OBJECT_CLASSES)}
 SPACE, WALL = 100, 51
@@ -195,3 +196,12 @@ def test_objects_at_reads_a_dataset(tmp_path):
     np.testing.assert_array_equal(
         objects_at(ds, frames, ys, xs, 8), objects_at(ds.column("objects"), frames, ys, xs, 8)
     )
+
+
+def test_object_maps_sheet_draws_each_class_in_its_colour(played):
+    frames, maps = played
+    pictures = colorize_objects(maps[:2])
+    agent = maps[:2] == LABEL["agent"]
+    assert pictures.shape == (2, 64, 64, 3) and (pictures[agent] == OBJECT_COLOURS[LABEL["agent"]]).all()
+    sheet = object_maps_sheet(frames[:2], maps[:2], scale=1)
+    assert sheet.ndim == 3 and sheet.shape[1] >= 2 * 64

@@ -5,10 +5,11 @@ heatmap overlays. It imports the computing packages (featviz, examples); they ne
 from jaxinterp.report.examples import examples_sheet, write_sheets
 from jaxinterp.report.featviz import visualize_layers
 from jaxinterp.report.heatmaps import write_feature_heatmaps, write_overlays, write_saliency
-from jaxinterp.report.objects import object_table, write_object_response
+from jaxinterp.report.objects import object_maps_sheet, object_table, write_object_response
 
 __all__ = [
     "examples_sheet",
+    "object_maps_sheet",
     "object_table",
     "visualize_layers",
     "write_feature_heatmaps",

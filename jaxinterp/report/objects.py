@@ -1,4 +1,5 @@
-"""Object-response reports: a features x object-classes heatmap of position-matched z-scores, and a table."""
+"""Object-response reports: a features x object-classes heatmap of position-matched z-scores, a table, and the
+object maps themselves drawn beside their frames, so a reader can check what each class covers."""
 
 from __future__ import annotations
 
@@ -6,9 +7,31 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.examples.objects import ObjectResponse, save_npz
+from jaxinterp.report import images
 
-__all__ = ["object_table", "write_object_response"]
+__all__ = ["OBJECT_COLOURS", "colorize_objects", "object_maps_sheet", "object_table", "write_object_response"]
+
+OBJECT_COLOURS = np.array(
+    [
+        (40, 40, 40),  # floor: dark, so that the objects stand out
+        (200, 200, 200),  # wall
+        (255, 0, 255),  # agent
+        (255, 215, 0),  # gem
+        (40, 90, 255),  # key_blue
+        (30, 170, 30),  # key_green
+        (220, 30, 30),  # key_red
+        (140, 170, 255),  # lock_blue
+        (140, 230, 140),  # lock_green
+        (255, 150, 150),  # lock_red
+        (0, 230, 230),  # held keys: cyan, whatever their colour
+        (0, 230, 230),
+        (0, 230, 230),
+    ],
+    np.uint8,
+)
+"""One RGB colour per `OBJECT_CLASSES` entry for drawn object maps: keys saturated, their locks pale."""
 
 STRONG = 1.0
 """z-score from which the table calls a response strong (one standard deviation above the feature's usual value
@@ -34,6 +57,24 @@ def object_table(result: ObjectResponse, top: int = 3) -> str:
         )
         lines.append(f"| {fid} | {best} | {result.z[f, floor]:.2f} | {result.z[f, wall]:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def colorize_objects(maps) -> np.ndarray:
+    """uint8 RGB (..., 64, 64, 3) pictures of object maps in `OBJECT_COLOURS`."""
+    return OBJECT_COLOURS[np.asarray(maps)]
+
+
+def object_maps_sheet(frames, maps, *, scale: int = 3) -> np.ndarray:
+    """Each frame beside its object map (up to 8 pairs in a row), with a colour key of the classes underneath."""
+    frames, maps = np.asarray(frames), np.asarray(maps)
+    pairs = [images.side_by_side([f, colorize_objects(m)]) for f, m in zip(frames, maps, strict=True)]
+    sheet = images.contact_sheet(
+        np.stack(pairs), columns=4, scale=scale, title="frames and their object maps"
+    )
+    swatches = np.repeat(np.repeat(OBJECT_COLOURS[:, None, None, :], 8, 1), 24, 2)  # wide enough for names
+    names = [*OBJECT_CLASSES[:10], "held key"]  # the three held keys share one colour
+    key = images.contact_sheet(swatches[: len(names)], names, columns=len(names), scale=scale)
+    return images.stack([sheet, key])
 
 
 def write_object_response(result: ObjectResponse, out_dir: str | Path) -> list[Path]:
