@@ -165,14 +165,14 @@ def update(
     acts: jax.Array,
     index: jax.Array,
     valid: jax.Array,
-    groups: jax.Array | None = None,
+    episodes: jax.Array | None = None,
     *,
     frame_score: FrameScore = "max",
     one_per_frame: bool = True,
     dedupe: bool = True,
 ) -> TopKState:
     """``state`` after seeing a batch: feature maps (B, H, W, F), layer acts (B, H, W, C), frame indices (B,),
-    and each frame's episode (B,) in ``groups`` (None: every frame its own).
+    and each frame's episode (B,) in ``episodes`` (None: every frame its own).
 
     Every list keeps one example per (episode, y, x) (with ``dedupe``). Rows with ``valid`` False (padding of a
     short batch) never enter the state.
@@ -188,8 +188,8 @@ def update(
     def ranked(values, pos, fill):
         return Ranked(jnp.where(keep, values, fill).T, frames.T, (pos // w).T, (pos % w).T)
 
-    groups = index if groups is None else groups
-    per_frame = jnp.broadcast_to(groups[None, :], (f, b))
+    episodes = index if episodes is None else episodes
+    per_frame = jnp.broadcast_to(episodes[None, :], (f, b))
     top_ep, bottom_ep, cand_ep = state.episodes
     top, top_ep, _ = _merge_unique(
         state.top, top_ep, ranked(score, arg_max, -jnp.inf), per_frame, k, dedupe, w
@@ -210,7 +210,7 @@ def update(
         )
         new = new._replace(frames=new.frames.astype(jnp.int32))
         local = jnp.broadcast_to(rows[None, :], (f, b * h * w))
-        new_ep = jnp.broadcast_to(groups[rows][None, :], (f, b * h * w))
+        new_ep = jnp.broadcast_to(episodes[rows][None, :], (f, b * h * w))
     # Every position: dedupe among the best 2M + B only (a full sort of B·H·W values per step would cost more).
     pool = None if one_per_frame else 2 * m + b
     candidates, cand_ep, idx = _merge_unique(state.candidates, cand_ep, new, new_ep, m, dedupe, w, pool)
