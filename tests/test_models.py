@@ -133,3 +133,16 @@ def test_unknown_layouts_are_refused():
     del sd["value_fc.bias"]
     with pytest.raises(JaxinterpError, match="missing value_fc.bias"):
         detect(sd)
+
+
+def test_pad_rows_pads_to_one_shape_and_marks_real_rows():
+    from jaxinterp.models.agent import pad_rows
+
+    frames, index = np.ones((3, 2, 2), np.uint8), np.arange(3)
+    (f, i), valid = pad_rows(5, (frames, index), 7)
+    assert f.shape == (5, 2, 2) and f.dtype == np.uint8 and (f[3:] == 7).all() and (f[:3] == 1).all()
+    np.testing.assert_array_equal(i, [0, 1, 2, 7, 7])
+    np.testing.assert_array_equal(valid, [True, True, True, False, False])
+    (full,), valid = pad_rows(3, (index,))
+    np.testing.assert_array_equal(full, index)
+    assert valid.all()

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.agent import Agent, check_obs, preprocess
+from jaxinterp.models.agent import Agent, check_obs, pad_rows, preprocess
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -129,11 +129,10 @@ def _batched(fn, n: int, batch_size: int, *arrays) -> tuple[np.ndarray, ...]:
         raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
     outs = []
     for s in range(0, n, batch_size):
-        parts = [a[s : s + batch_size] for a in arrays]
-        m = len(parts[0])
-        if m < batch_size:  # repeat the last frame: padding rows are computed and dropped
-            parts = [jnp.concatenate([p, jnp.repeat(p[-1:], batch_size - m, 0)]) for p in parts]
-        outs.append([np.asarray(x)[:m] for x in fn(*parts)])
+        parts, valid = pad_rows(
+            batch_size, [a[s : s + batch_size] for a in arrays]
+        )  # padding rows are dropped
+        outs.append([np.asarray(x)[valid] for x in fn(*parts)])
     return tuple(np.concatenate(x) for x in zip(*outs, strict=True))
 
 

@@ -25,7 +25,7 @@ from jaxinterp.envs.heist import OBS_SHAPE
 from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
-from jaxinterp.models.agent import Agent, preprocess
+from jaxinterp.models.agent import Agent, pad_rows, preprocess
 
 __all__ = ["ObjectResponse", "load_npz", "object_response", "objects_at", "save_npz"]
 
@@ -156,13 +156,8 @@ def object_response(
     sums, pending, seen = None, None, 0
     for frames, objects in _pieces(source):
         for s in range(0, len(frames), batch_size):
-            fr, ob = np.asarray(frames[s : s + batch_size]), np.asarray(objects[s : s + batch_size])
-            n = len(fr)
-            valid = np.zeros(batch_size, np.float32)
-            valid[:n] = 1
-            if n < batch_size:  # pad the last batch so that one compilation serves every batch
-                fr = np.concatenate([fr, np.zeros((batch_size - n, *fr.shape[1:]), fr.dtype)])
-                ob = np.concatenate([ob, np.zeros((batch_size - n, *ob.shape[1:]), ob.dtype)])
+            (fr, ob), valid = pad_rows(batch_size, (frames[s : s + batch_size], objects[s : s + batch_size]))
+            n = int(valid.sum())
             # Dispatch this batch before adding the previous one, so the host adds while the device computes.
             pending, done = batch_sums(params, fr, ob, valid), pending
             sums = _add(sums, done)

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, feature_maps, feature_size
-from jaxinterp.models.agent import OBS_SHAPE, Agent, preprocess
+from jaxinterp.models.agent import OBS_SHAPE, Agent, pad_rows, preprocess
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -389,14 +389,8 @@ def scan(
             progress(covered)
         if n == 0:
             continue
-        if n < batch_size:  # pad to one shape: one compile for the whole scan
-            pad = batch_size - n
-            frames_in = np.concatenate([frames, np.zeros((pad, *OBS_SHAPE), np.uint8)])
-            index_in = np.concatenate([index, np.full(pad, EMPTY)])
-            episodes_in = np.concatenate([episodes, np.full(pad, EMPTY)])
-        else:
-            frames_in, index_in, episodes_in = frames, index, episodes
-        valid = np.arange(batch_size) < n
+        (frames_in,), valid = pad_rows(batch_size, (frames,))
+        (index_in, episodes_in), _ = pad_rows(batch_size, (index, episodes), EMPTY)
         # dispatched asynchronously
         state = step(params, state, frames_in, index_in.astype(np.int32), valid, episodes_in.astype(np.int32))
         if pending is not None:  # overlaps the device step just dispatched

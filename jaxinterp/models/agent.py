@@ -160,6 +160,17 @@ def in_passes(fn: Callable, x: jax.Array, size: int | None = None):
     return jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
 
 
+def pad_rows(size: int, arrays: Sequence, fill=0) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """``arrays`` (equal leading axes of at most ``size`` rows) padded with ``fill`` to ``size`` rows, and the mask
+    of the real rows: every batch gets one shape, so one compilation serves a whole stream."""
+    n = len(arrays[0])
+    padded = tuple(
+        np.concatenate([a, np.full((size - n, *a.shape[1:]), fill, a.dtype)]) if n < size else np.asarray(a)
+        for a in map(np.asarray, arrays)
+    )
+    return padded, np.arange(size) < n
+
+
 DATA = "data"  # the mesh axis that batches are split over (data parallel)
 ROWS = PartitionSpec(DATA)  # arrays split along their leading axis over the devices
 
