@@ -1,6 +1,7 @@
 """The command line: info, convert round trips, rollout, evaluate, export, and one-line errors."""
 
 import json
+import shlex
 
 import jax
 import numpy as np
@@ -112,6 +113,11 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
         np.testing.assert_allclose(exported(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
     assert main(["info", str(run)]) == 0  # a run directory stands for its latest policy
+    # The card's command reproduces the run: rerun as written, it is accepted as the same run (same config and seed)
+    # and, with its frames already trained, returns at once.
+    command = shlex.split(card["train_command"])
+    assert command[:3] == ["uv", "run", "jaxinterp"] and "microbatch_size" not in card["train_command"]
+    assert main(command[3:]) == 0
 
 
 def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path, capsys):

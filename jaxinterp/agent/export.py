@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxinterp.agent.evaluate import evaluate, level_config
+from jaxinterp.agent.ppo import COMPUTE_ONLY, PPOConfig
 from jaxinterp.agent.train import load_run_agent
 from jaxinterp.envs.heist import HeistEnv
 from jaxinterp.envs.rollout import agent_policy
@@ -54,10 +55,7 @@ def export_agent(
         "frames_trained": meta["frames"],
         "ppo_config": meta["ppo"],
         "train_seed": meta["seed"],
-        "train_command": (
-            f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).name} "
-            f"--config {','.join(f'{k}={v}' for k, v in meta['ppo'].items())} --seed {meta['seed']}"
-        ),
+        "train_command": train_command(run_dir, meta),
         "export_command": "uv run jaxinterp " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None,
         "evaluation": {
             "levels": "unseen",
@@ -72,6 +70,18 @@ def export_agent(
     stem.with_suffix(".card.json").write_text(json.dumps(card, indent=2) + "\n")
     stem.with_suffix(".md").write_text(model_card_markdown(card, results))
     return card
+
+
+def train_command(run_dir: str | Path, meta: dict) -> str:
+    """The `train-agent` command that reproduces the run: its config as the changes from the defaults (JSON
+    values, so `--config` parses them back), compute-only settings left out."""
+    defaults = PPOConfig().to_dict()
+    changed = {k: v for k, v in meta["ppo"].items() if k not in COMPUTE_ONLY and v != defaults.get(k)}
+    config = f" --config {','.join(f'{k}={json.dumps(v)}' for k, v in changed.items())}" if changed else ""
+    return (
+        f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).as_posix()}{config} "
+        f"--seed {meta['seed']}"
+    )
 
 
 def model_card_markdown(card: dict, results: dict) -> str:
