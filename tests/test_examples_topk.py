@@ -331,3 +331,20 @@ def test_repeated_frames_are_skipped_before_the_network():
     # Without dedupe the copies go through the network and take the next slots.
     plain = topk.scan(agent, features.channels(LAYER), chunks(stream, sizes, index), dedupe=False, **args)
     np.testing.assert_array_equal(plain.top.frames[0, :3], [best, 20, 21])
+
+
+def test_chunk_tuples_read_as_frames_index_and_episodes():
+    frames = random_frames(6)
+    index, episodes = np.arange(10, 16), np.array([0, 0, 0, 1, 1, 1])
+    as_dict = list(topk.iter_batches([{"frames": frames, "index": index, "episode_ids": episodes}], 4))
+    as_tuple = list(topk.iter_batches([(frames, index, episodes)], 4))
+    for a, b in zip(as_dict, as_tuple, strict=True):
+        for x, y in zip(a[:3], b[:3], strict=True):
+            np.testing.assert_array_equal(x, y)
+    ((_, idx, eps, _),) = topk.iter_batches(
+        [(frames,)], 8
+    )  # no index: counts from 0; each frame its own episode
+    np.testing.assert_array_equal(idx, np.arange(6))
+    np.testing.assert_array_equal(eps, idx)
+    with pytest.raises(JaxinterpError, match="frames\\[, index\\[, episode_ids\\]\\]"):
+        list(topk.iter_batches([(frames, index, episodes, index)], 4))

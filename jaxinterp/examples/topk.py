@@ -264,7 +264,11 @@ def _chunks(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.
                     )
                 yield chunk["frames"], chunk.get("index"), chunk.get("episode_ids")
             elif isinstance(chunk, tuple):
-                yield (*chunk, None)
+                if not 1 <= len(chunk) <= 3:
+                    raise JaxinterpError(
+                        f"a chunk tuple is (frames[, index[, episode_ids]]), got {len(chunk)} entries"
+                    )
+                yield (*chunk, None, None)[:3]
             else:
                 yield chunk, None, None
 
