@@ -5,7 +5,8 @@ custom backward.
 
 Why: the PPO update, feature visualization and dataset examples all spend 85-95% of their time in these
 convolutions, so this table says where jaxinterp can or cannot beat torch on this CPU.
-Run: uv run python benchmarks/bench_conv.py [--batch 256]  (needs torch; pin with ``taskset -c 0`` for one core).
+Run: uv run python benchmarks/bench_conv.py [--batch 256] [--dtype bfloat16]  (needs torch; pin with ``taskset -c 0``
+for one core). ``--dtype bfloat16`` runs both frameworks' convolutions in bfloat16 (inputs, kernel, cotangent).
 Both frameworks use the same number of threads; timings alternate in one process (best of ``--repeats``).
 """
 
@@ -28,16 +29,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = p.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores XLA sees too
     b = args.batch
     print(
-        f"# batch {b}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"# batch {b}, {args.dtype}; jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
     print("| H×W | in→out | × per forward | pass | conv2d GFLOP/s | plain XLA | torch | torch/conv2d |")
     print("|---|---|---|---|---|---|---|---|")
     for h, ci, co, count in SHAPES:
-        for name, ours, plain, tor in bench_shape(b, h, ci, co, args.repeats):
+        for name, ours, plain, tor in bench_shape(b, h, ci, co, args.repeats, args.dtype):
             print(
                 f"| {h}×{h} | {ci}→{co} | {count} | {name} | {ours:.1f} | {plain:.1f} | {tor:.1f} "
                 f"| {tor / ours:.2f}× |",
@@ -56,16 +58,21 @@ def _passes(conv):
 CONVS = {"conv2d": _passes(conv2d), "plain": _passes(_conv)}
 
 
-def bench_shape(b: int, h: int, ci: int, co: int, repeats: int) -> list[tuple[str, float, float]]:
+def bench_shape(
+    b: int, h: int, ci: int, co: int, repeats: int, dtype: str = "float32"
+) -> list[tuple[str, float, float]]:
     """(pass, XLA GFLOP/s, torch GFLOP/s) for forward, input gradient and weight gradient of one shape."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((b, h, h, ci), np.float32)
     w = (rng.standard_normal((3, 3, ci, co)) * 0.1).astype(np.float32)
     g = rng.standard_normal((b, h, h, co), np.float32)
-    xj, wj, gj = jnp.asarray(x), jnp.asarray(w), jnp.asarray(g)
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()  # NHWC memory: torch's channels_last
-    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_()
-    gt = torch.from_numpy(g).permute(0, 3, 1, 2)
+    xj, wj, gj = (jnp.asarray(a, dtype) for a in (x, w, g))
+    tdt = getattr(torch, dtype)
+    xt = (
+        torch.from_numpy(x).to(tdt).permute(0, 3, 1, 2).requires_grad_()
+    )  # NHWC memory: torch's channels_last
+    wt = torch.from_numpy(w).to(tdt).permute(3, 2, 0, 1).contiguous().requires_grad_()
+    gt = torch.from_numpy(g).to(tdt).permute(0, 3, 1, 2)
 
     def t_fwd():
         with torch.no_grad():
