@@ -124,14 +124,13 @@ def _images(frames) -> jax.Array:
 
 
 def _batched(fn, n: int, batch_size: int, *arrays) -> tuple[np.ndarray, ...]:
-    """``fn`` (returning a tuple) over ``arrays`` in padded batches of ``batch_size`` (one compile), joined."""
+    """``fn`` (returning a tuple) over ``arrays`` in padded batches of ``batch_size`` (one compile), joined; the
+    padding rows' outputs are dropped."""
     if batch_size < 1:
         raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
     outs = []
     for s in range(0, n, batch_size):
-        parts, valid = pad_rows(
-            batch_size, [a[s : s + batch_size] for a in arrays]
-        )  # padding rows are dropped
+        parts, valid = pad_rows(batch_size, [a[s : s + batch_size] for a in arrays])
         outs.append([np.asarray(x)[valid] for x in fn(*parts)])
     return tuple(np.concatenate(x) for x in zip(*outs, strict=True))
 
