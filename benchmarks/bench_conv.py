@@ -68,9 +68,8 @@ def bench_shape(
     g = rng.standard_normal((b, h, h, co), np.float32)
     xj, wj, gj = (jnp.asarray(a, dtype) for a in (x, w, g))
     tdt = getattr(torch, dtype)
-    xt = (
-        torch.from_numpy(x).to(tdt).permute(0, 3, 1, 2).requires_grad_()
-    )  # NHWC memory: torch's channels_last
+    # NHWC memory: torch's channels_last
+    xt = torch.from_numpy(x).to(tdt).permute(0, 3, 1, 2).requires_grad_()
     wt = torch.from_numpy(w).to(tdt).permute(3, 2, 0, 1).contiguous().requires_grad_()
     gt = torch.from_numpy(g).to(tdt).permute(0, 3, 1, 2)
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxinterp.agent.evaluate import evaluate, level_config
-from jaxinterp.agent.ppo import COMPUTE_ONLY, PPOConfig
+from jaxinterp.agent.ppo import PPOConfig
 from jaxinterp.agent.train import load_run_agent
 from jaxinterp.envs.heist import HeistEnv
 from jaxinterp.envs.rollout import agent_policy
@@ -75,8 +75,9 @@ def export_agent(
 def train_command(run_dir: str | Path, meta: dict) -> str:
     """The `train-agent` command that reproduces the run: its config as the changes from the defaults (JSON
     values, so `--config` parses them back), compute-only settings left out."""
-    defaults = PPOConfig().to_dict()
-    changed = {k: v for k, v in meta["ppo"].items() if k not in COMPUTE_ONLY and v != defaults.get(k)}
+    defaults = PPOConfig().algorithm_dict()
+    run = PPOConfig.from_dict(meta["ppo"]).algorithm_dict()
+    changed = {k: v for k, v in run.items() if v != defaults[k]}
     config = f" --config {','.join(f'{k}={json.dumps(v)}' for k, v in changed.items())}" if changed else ""
     return (
         f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).as_posix()}{config} "
