@@ -83,9 +83,9 @@ def cmd_info(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from jaxinterp.weights.store import load_agent, save_agent
+    from jaxinterp.weights.store import save_agent
 
-    agent = load_agent(args.input)
+    agent = _load(args.input)
     out = save_agent(agent, args.output)
     print(f"wrote {out} ({agent.arch.name}, {agent.num_params:,} parameters)")
 
@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="convert weights: the format follows OUT's suffix (.pt, .safetensors) or a directory for orbax",
     )
-    c.add_argument("input")
+    c.add_argument(
+        "input", help="weights file, orbax directory or train-agent run directory (its latest policy)"
+    )
     c.add_argument("output")
     c.set_defaults(func=cmd_convert)
 

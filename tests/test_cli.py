@@ -112,7 +112,10 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     for suffix in (".pt", ".safetensors"):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
         np.testing.assert_allclose(exported(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
-    assert main(["info", str(run)]) == 0  # a run directory stands for its latest policy
+    assert main(["info", str(run)]) == 0  # a run directory stands for its latest policy, in every command
+    assert main(["convert", str(run), str(tmp_path / "latest.safetensors")]) == 0
+    converted = jaxinterp.load_agent(tmp_path / "latest.safetensors")
+    np.testing.assert_allclose(converted(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
     # The card's command reproduces the run: rerun as written, it is accepted as the same run (same config and seed)
     # and, with its frames already trained, returns at once.
     command = shlex.split(card["train_command"])
