@@ -128,7 +128,7 @@ class EpisodeSummary(NamedTuple):
 
     def __str__(self) -> str:
         return (
-            f"{self.num_episodes} episodes, mean return {self.mean_return:.2f}, "
+            f"{self.num_episodes} complete episodes, mean return {self.mean_return:.2f}, "
             f"success {self.success_rate:.1%}, mean length {self.mean_length:.1f}"
         )
 
