@@ -11,6 +11,7 @@ from test_examples_support import random_agent
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples import features, find, patches, receptive, topk
 from jaxinterp.report import examples as sheets
+from jaxinterp.report.images import GAP
 
 LAYER = "conv_seqs.1.res_block0"  # a residual sum: signed, so frame maxima and minima have no ties
 
@@ -348,3 +349,28 @@ def test_chunk_tuples_read_as_frames_index_and_episodes():
     np.testing.assert_array_equal(eps, idx)
     with pytest.raises(JaxinterpError, match="frames\\[, index\\[, episode_ids\\]\\]"):
         list(topk.iter_batches([(frames, index, episodes, index)], 4))
+
+
+def test_sheets_of_frame_wide_fields_show_whole_frames_with_the_position_boxed():
+    """IMPALA's last stage sees 141 px: its patch would be the frame, small, in a black border."""
+    agent = random_agent()
+    deep = receptive.receptive_field(agent, "conv_seqs.2.res_block1")
+    assert sheets.covers_frame(deep) and not sheets.covers_frame(receptive.receptive_field(agent, LAYER))
+    assert not sheets.covers_frame(receptive.WHOLE_FRAME)
+    frame = random_frames()[0] // 2  # no pixel can be the box colour
+    ranked = topk.Ranked(
+        values=np.array([[1.0, 0.0]]),
+        frames=np.array([[3, -1]]),
+        ys=np.array([[2, 0]]),
+        xs=np.array([[5, 0]]),
+    )
+    views = sheets.frame_views({3: frame}, ranked, 0, deep, scale=2)
+    assert views.shape == (2, 128, 128, 3) and (views[1] == 0).all()  # an empty slot is black
+    boxed = (views[0] == sheets.BOX_COLOR).all(-1)
+    # Position (2, 5) of the stride-8 map: field centre at pixel (16.5, 40.5), cell rows 12-19, columns 36-43.
+    rows, cols = np.nonzero(boxed)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (24, 39, 72, 87) and boxed.sum() == 4 * 16 - 4
+    np.testing.assert_array_equal(views[0][~boxed], np.repeat(np.repeat(frame, 2, 0), 2, 1)[~boxed])
+    result = find.find_examples(agent, "conv_seqs.2.res_block1", random_frames(8), channels=[1], k=2)
+    sheet = sheets.examples_sheet(result, 0, columns=2)
+    assert sheet.shape[1] == 2 * (128 + GAP) + GAP  # two 128-px frames a row, not 141-px patches

@@ -11,10 +11,17 @@ import numpy as np
 from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
 from jaxinterp.examples.objects import objects_at
-from jaxinterp.examples.receptive import WHOLE_FRAME
+from jaxinterp.examples.receptive import FRAME_SIZE, WHOLE_FRAME, ReceptiveField
 from jaxinterp.report import images
 
-__all__ = ["DEFAULT_COLUMNS", "MIN_PATCH_PIXELS", "examples_sheet", "write_sheets"]
+__all__ = [
+    "BOX_COLOR",
+    "DEFAULT_COLUMNS",
+    "MIN_PATCH_PIXELS",
+    "examples_sheet",
+    "frame_views",
+    "write_sheets",
+]
 
 DEFAULT_COLUMNS = 8
 """Patches per row: 16 examples make two rows."""
@@ -22,6 +29,42 @@ DEFAULT_COLUMNS = 8
 MIN_PATCH_PIXELS = 96
 """Patches are upscaled (nearest) by the smallest integer that makes them at least this wide: a 3-pixel field of
 the first conv would be invisible as is."""
+
+
+BOX_COLOR = (255, 0, 255)
+"""Outline of the position on whole-frame views: magenta, a colour Heist never draws."""
+
+
+def covers_frame(rf: ReceptiveField) -> bool:
+    """Whether every position's receptive field spans the whole frame (and more): true of IMPALA's last stage
+    (141 pixels), where a receptive-field patch is the frame, small, in a wide black border."""
+    return rf != WHOLE_FRAME and rf.start <= 0 and rf.size >= FRAME_SIZE - rf.start
+
+
+def frame_views(frames: dict[int, np.ndarray], ranked, j: int, rf: ReceptiveField, scale: int) -> np.ndarray:
+    """Feature ``j``'s ranked frames (k, 64·scale, 64·scale, 3), each with its position's cell (``jump`` pixels
+    around the field's centre) outlined in ``BOX_COLOR``: the view for layers whose fields cover the frame."""
+    line = max(1, scale // 2)
+    out = []
+    for f, y, x in zip(ranked.frames[j], ranked.ys[j], ranked.xs[j], strict=True):
+        view = images.upscale(
+            frames[int(f)] if f >= 0 else np.zeros((FRAME_SIZE, FRAME_SIZE, 3), np.uint8), scale
+        )
+        if f >= 0:
+            (y0, x0), half = np.floor(rf.center(np.array([y, x])) - rf.jump / 2).astype(int), rf.jump
+            y0, y1, x0, x1 = (
+                np.clip(v * scale, 0, FRAME_SIZE * scale) for v in (y0, y0 + half, x0, x0 + half)
+            )
+            view = view.copy()
+            for ys, xs in (
+                (slice(y0, y1), slice(x0, x0 + line)),
+                (slice(y0, y1), slice(x1 - line, x1)),
+                (slice(y0, y0 + line), slice(x0, x1)),
+                (slice(y1 - line, y1), slice(x0, x1)),
+            ):
+                view[ys, xs] = BOX_COLOR
+        out.append(view)
+    return np.stack(out)
 
 
 def _label(value: float, frame: int, show_frame: bool, obj: int = -1) -> str:
@@ -51,21 +94,32 @@ def examples_sheet(
 ) -> np.ndarray:
     """The sheet of feature ``j`` (its row in ``result``): top patches, then the least-activating ones; uint8.
 
-    With ``object_maps`` (the rollout ``Dataset``, or global frame index -> (64, 64) map) each patch also names
+    Where every receptive field spans the frame (`covers_frame`) the sheet shows the whole frames with the
+    position boxed (`frame_views`) instead of the patches. With ``object_maps`` (the rollout ``Dataset``, or global frame index -> (64, 64) map) each patch also names
     the game object at its position (`jaxinterp.examples.objects.objects_at`).
     """
-    p = result.patches.shape[2]
+    rf = result.receptive_field
+    whole = covers_frame(rf)
+    p = FRAME_SIZE if whole else result.patches.shape[2]
     scale = max(1, math.ceil(MIN_PATCH_PIXELS / p)) if scale is None else scale
+
+    def view(ranked, patches):
+        """Whole frames with the position boxed where fields cover the frame, else the patches, upscaled."""
+        return (
+            frame_views(result.frames, ranked, j, rf, scale) if whole else images.upscale(patches[j], scale)
+        )
+
     pos = result.positions
     title = f"{result.layer} #{int(result.ids[j])}: top {pos.values.shape[1]} of {result.num_frames} frames"
     if result.diversity:
         title += f" (diversity {result.diversity:g} on {result.diversity_on})"
+    if whole:
+        title += f"; fields span {rf.size} px, so whole frames, the position boxed"
     parts = [
         images.contact_sheet(
-            result.patches[j],
+            view(pos, result.patches),
             _labels(pos, j, show_frame, _objects(result, pos, j, object_maps)),
             columns=columns,
-            scale=scale,
             title=title,
         )
     ]
@@ -73,11 +127,10 @@ def examples_sheet(
         low = result.bottom
         parts.append(
             images.contact_sheet(
-                result.bottom_patches[j],
+                view(low, result.bottom_patches),
                 _labels(low, j, show_frame, _objects(result, low, j, object_maps)),
                 columns=columns,
-                scale=scale,
-                title=f"least activating (frame {result.frame_score}, patch at the minimum)",
+                title=f"least activating (frame {result.frame_score}, {'boxed' if whole else 'patch'} at the minimum)",
             )
         )
     return images.stack(parts)
