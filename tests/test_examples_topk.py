@@ -351,26 +351,27 @@ def test_chunk_tuples_read_as_frames_index_and_episodes():
         list(topk.iter_batches([(frames, index, episodes, index)], 4))
 
 
-def test_sheets_of_frame_wide_fields_show_whole_frames_with_the_position_boxed():
+def test_sheets_of_wide_fields_box_the_position_and_frame_wide_ones_show_whole_frames():
     """IMPALA's last stage sees 141 px: its patch would be the frame, small, in a black border."""
     agent = random_agent()
     deep = receptive.receptive_field(agent, "conv_seqs.2.res_block1")
     assert sheets.covers_frame(deep) and not sheets.covers_frame(receptive.receptive_field(agent, LAYER))
     assert not sheets.covers_frame(receptive.WHOLE_FRAME)
     frame = random_frames()[0] // 2  # no pixel can be the box colour
-    ranked = topk.Ranked(
-        values=np.array([[1.0, 0.0]]),
-        frames=np.array([[3, -1]]),
-        ys=np.array([[2, 0]]),
-        xs=np.array([[5, 0]]),
-    )
-    views = sheets.frame_views({3: frame}, ranked, 0, deep, scale=2)
-    assert views.shape == (2, 128, 128, 3) and (views[1] == 0).all()  # an empty slot is black
+    ranked = topk.Ranked(*(np.array([[a, b]]) for a, b in ((1.0, 0.0), (3, -1), (2, 0), (5, 0))))
+    result = find.find_examples(agent, "conv_seqs.2.res_block1", random_frames(8), channels=[1], k=2)
+    views = sheets.example_views(result._replace(frames={3: frame}), ranked, result.patches, 0, scale=2)
+    assert views.shape == (2, 128, 128, 3) and (views[1] == 0).all()  # an empty slot is black, unboxed
     boxed = (views[0] == sheets.BOX_COLOR).all(-1)
     # Position (2, 5) of the stride-8 map: field centre at pixel (16.5, 40.5), cell rows 12-19, columns 36-43.
     rows, cols = np.nonzero(boxed)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (24, 39, 72, 87) and boxed.sum() == 4 * 16 - 4
     np.testing.assert_array_equal(views[0][~boxed], np.repeat(np.repeat(frame, 2, 0), 2, 1)[~boxed])
-    result = find.find_examples(agent, "conv_seqs.2.res_block1", random_frames(8), channels=[1], k=2)
-    sheet = sheets.examples_sheet(result, 0, columns=2)
-    assert sheet.shape[1] == 2 * (128 + GAP) + GAP  # two 128-px frames a row, not 141-px patches
+    assert sheets.examples_sheet(result, 0, columns=2).shape[1] == 2 * (128 + GAP) + GAP  # not 141-px patches
+    # The second stage's 61-px patches are kept, with the cell (4 px around the centre, 30.5) boxed: rows 28-31.
+    mid = find.find_examples(agent, "conv_seqs.1.res_block1", random_frames(8), channels=[1], k=2)
+    patches = random_frames(2)[None, :, :61, :61] // 2
+    rows, cols = np.nonzero(
+        (sheets.example_views(mid, ranked, patches, 0, scale=1)[0] == sheets.BOX_COLOR).all(-1)
+    )
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (28, 31, 28, 31)

@@ -11,15 +11,18 @@ import numpy as np
 from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
 from jaxinterp.examples.objects import objects_at
+from jaxinterp.examples.patches import patch_origin
 from jaxinterp.examples.receptive import FRAME_SIZE, WHOLE_FRAME, ReceptiveField
 from jaxinterp.report import images
 
 __all__ = [
+    "BOXED_FIELD",
     "BOX_COLOR",
     "DEFAULT_COLUMNS",
     "MIN_PATCH_PIXELS",
+    "covers_frame",
+    "example_views",
     "examples_sheet",
-    "frame_views",
     "write_sheets",
 ]
 
@@ -32,7 +35,11 @@ the first conv would be invisible as is."""
 
 
 BOX_COLOR = (255, 0, 255)
-"""Outline of the position on whole-frame views: magenta, a colour Heist never draws."""
+"""Outline of the position's cell on large views: magenta, a colour Heist never draws."""
+
+BOXED_FIELD = FRAME_SIZE // 2
+"""Fields at least this wide (IMPALA's second and third stages: 61 and 141 px) get their position's cell outlined:
+in a view that wide the eye cannot find the centre, and the object under it is what the value is about."""
 
 
 def covers_frame(rf: ReceptiveField) -> bool:
@@ -41,20 +48,22 @@ def covers_frame(rf: ReceptiveField) -> bool:
     return rf != WHOLE_FRAME and rf.start <= 0 and rf.size >= FRAME_SIZE - rf.start
 
 
-def frame_views(frames: dict[int, np.ndarray], ranked, j: int, rf: ReceptiveField, scale: int) -> np.ndarray:
-    """Feature ``j``'s ranked frames (k, 64·scale, 64·scale, 3), each with its position's cell (``jump`` pixels
-    around the field's centre) outlined in ``BOX_COLOR``: the view for layers whose fields cover the frame."""
-    line = max(1, scale // 2)
+def example_views(result: ExamplesResult, ranked, patches: np.ndarray, j: int, scale: int) -> np.ndarray:
+    """Feature ``j``'s examples as shown, upscaled (k, S·scale, S·scale, 3): its ``patches`` (k, P, P, 3), or the
+    whole frames where the fields cover the frame (`covers_frame`); fields of ``BOXED_FIELD`` px or more get the
+    position's cell (``jump`` pixels around the field's centre) outlined in ``BOX_COLOR``."""
+    rf, line = result.receptive_field, max(1, scale // 2)
+    whole = covers_frame(rf)
     out = []
-    for f, y, x in zip(ranked.frames[j], ranked.ys[j], ranked.xs[j], strict=True):
-        view = images.upscale(
-            frames[int(f)] if f >= 0 else np.zeros((FRAME_SIZE, FRAME_SIZE, 3), np.uint8), scale
-        )
-        if f >= 0:
-            (y0, x0), half = np.floor(rf.center(np.array([y, x])) - rf.jump / 2).astype(int), rf.jump
-            y0, y1, x0, x1 = (
-                np.clip(v * scale, 0, FRAME_SIZE * scale) for v in (y0, y0 + half, x0, x0 + half)
-            )
+    for f, y, x, patch in zip(ranked.frames[j], ranked.ys[j], ranked.xs[j], patches[j], strict=True):
+        base = np.zeros((FRAME_SIZE, FRAME_SIZE, 3), np.uint8) if whole else patch
+        if whole and f >= 0:
+            base = result.frames[int(f)]
+        view = images.upscale(base, scale)
+        if f >= 0 and rf != WHOLE_FRAME and rf.size >= BOXED_FIELD:
+            origin = np.zeros(2, int) if whole else patch_origin(rf, np.array([y, x]), len(patch))
+            y0, x0 = np.floor(rf.center(np.array([y, x])) - rf.jump / 2).astype(int) - origin
+            y0, y1, x0, x1 = (np.clip(v * scale, 0, len(view)) for v in (y0, y0 + rf.jump, x0, x0 + rf.jump))
             view = view.copy()
             for ys, xs in (
                 (slice(y0, y1), slice(x0, x0 + line)),
@@ -94,8 +103,8 @@ def examples_sheet(
 ) -> np.ndarray:
     """The sheet of feature ``j`` (its row in ``result``): top patches, then the least-activating ones; uint8.
 
-    Where every receptive field spans the frame (`covers_frame`) the sheet shows the whole frames with the
-    position boxed (`frame_views`) instead of the patches. With ``object_maps`` (the rollout ``Dataset``, or global frame index -> (64, 64) map) each patch also names
+    Where every receptive field spans the frame (`covers_frame`) the sheet shows the whole frames instead of the
+    patches, and wide fields get the position boxed (`example_views`). With ``object_maps`` (the rollout ``Dataset``, or global frame index -> (64, 64) map) each patch also names
     the game object at its position (`jaxinterp.examples.objects.objects_at`).
     """
     rf = result.receptive_field
@@ -103,21 +112,17 @@ def examples_sheet(
     p = FRAME_SIZE if whole else result.patches.shape[2]
     scale = max(1, math.ceil(MIN_PATCH_PIXELS / p)) if scale is None else scale
 
-    def view(ranked, patches):
-        """Whole frames with the position boxed where fields cover the frame, else the patches, upscaled."""
-        return (
-            frame_views(result.frames, ranked, j, rf, scale) if whole else images.upscale(patches[j], scale)
-        )
-
     pos = result.positions
     title = f"{result.layer} #{int(result.ids[j])}: top {pos.values.shape[1]} of {result.num_frames} frames"
     if result.diversity:
         title += f" (diversity {result.diversity:g} on {result.diversity_on})"
     if whole:
-        title += f"; fields span {rf.size} px, so whole frames, the position boxed"
+        title += f"; fields span {rf.size} px: whole frames, the position boxed"
+    elif rf != WHOLE_FRAME and rf.size >= BOXED_FIELD:
+        title += "; the position boxed"
     parts = [
         images.contact_sheet(
-            view(pos, result.patches),
+            example_views(result, pos, result.patches, j, scale),
             _labels(pos, j, show_frame, _objects(result, pos, j, object_maps)),
             columns=columns,
             title=title,
@@ -127,7 +132,7 @@ def examples_sheet(
         low = result.bottom
         parts.append(
             images.contact_sheet(
-                view(low, result.bottom_patches),
+                example_views(result, low, result.bottom_patches, j, scale),
                 _labels(low, j, show_frame, _objects(result, low, j, object_maps)),
                 columns=columns,
                 title=f"least activating (frame {result.frame_score}, {'boxed' if whole else 'patch'} at the minimum)",
