@@ -254,6 +254,8 @@ def visualize_layers(
         line = f"{layer}: {len(s['channels'])} channels, mean value {s['mean_value']:.3g}"
         if s.get("beat_p99") is not None:
             line += f"; beat real-frame p99 {s['beat_p99']:.0%}, p99.9 {s['beat_p999']:.0%}"
+            if s["off_in_play"]:
+                line += f"; {s['off_in_play']} channels are <= 0 on 99.9% of real frames"
         if progress and writer:
             print(line)
     return summary
@@ -420,5 +422,8 @@ def _layer_summary(
             "p999": p[1].tolist(),
             "beat_p99": float(np.mean(best > p[0])),
             "beat_p999": float(np.mean(best > p[1])),
+            # Channels whose measure is <= 0 on 99.9% of real frames: beating that percentile is easy and says
+            # little; their images show what would switch on a channel that real play leaves off.
+            "off_in_play": int(np.sum(p[1] <= 0)),
         }
     return out
