@@ -125,6 +125,8 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
     with np.load(folder / "images.npz") as z:
         np.testing.assert_array_equal(z["images"][:, :2], images)
         assert z["channels"].tolist() == [0, 1, 2, 3]
+    with Image.open(folder / "sheet.png") as im:
+        captioned = im.height  # with real frames, captions have a second line: the channel's real p99.9
 
     # A crash after the chunks were written (new settings: another seed) resumes from the chunks.
     def crash(*args, **kwargs):
@@ -138,6 +140,8 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
     resumed = run.visualize_layers(agent, [LAYER], "all", out_dir=out, seed=1, **JOB)
     assert resumed["layers"][LAYER]["computed"] == 0 and not resumed["layers"][LAYER]["skipped"]
     assert resumed["layers"][LAYER]["beat_p99"] is None  # no real frames this time
+    with Image.open(folder / "sheet.png") as im:
+        assert im.height < captioned
     assert not list((folder / "chunks").glob("*.npz"))
     with np.load(folder / "images.npz") as z:
         assert not np.allclose(z["images"][-1, :2], images[-1])  # another seed, other images

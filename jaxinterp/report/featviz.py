@@ -384,10 +384,12 @@ def _visualizer(agent, full, config, settings):
 
 def _write_outputs(folder: Path, layer: str, target: obj.Objective, arrays: dict, scale: int) -> None:
     final, values = arrays["images"][-1], arrays["values"][-1]  # (C, K, ...), (C, K)
+    # With real frames, each caption's second line is the channel's real-frame p99.9, the bar its image must beat.
+    p999 = arrays["percentiles"][PERCENTILES.index(99.9)] if "percentiles" in arrays else [None] * len(final)
     labels = []
-    for c, ims, vals in zip(arrays["channels"].tolist(), final, values, strict=True):
+    for c, ims, vals, p in zip(arrays["channels"].tolist(), final, values, p999, strict=True):
         report_images.save_png(folder / f"channel_{c:03d}.png", report_images.side_by_side(ims, scale=scale))
-        labels.append(f"{c}: {vals.max():.3g}")
+        labels.append(f"{c}: {vals.max():.3g}" + ("" if p is None else f"\nreal p99.9 {p:.3g}"))
     cells = np.stack([report_images.side_by_side(ims, gap=2) for ims in final])
     report_images.write_contact_sheet(
         folder / "sheet.png",
