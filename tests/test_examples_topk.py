@@ -204,8 +204,11 @@ def test_find_examples_plain_and_diverse_and_sheets(tmp_path):
     assert [p.name for p in paths] == [
         "conv_seqs_1_res_block0_0002.png",
         "conv_seqs_1_res_block0_0006.png",
+        "conv_seqs_1_res_block0_overview.png",
         "conv_seqs_1_res_block0_examples.npz",
     ]
+    with Image.open(paths[2]) as im:  # a row per channel of 2 views (24-px patches at 2x, the 48-px minimum)
+        assert im.width == 2 * 48 + 3 * GAP and im.height > 2 * 48
     with Image.open(paths[0]) as im:
         assert im.width >= 2 * 96
     saved = find.load_npz(paths[-1])

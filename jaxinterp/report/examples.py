@@ -20,14 +20,19 @@ __all__ = [
     "BOX_COLOR",
     "DEFAULT_COLUMNS",
     "MIN_PATCH_PIXELS",
+    "OVERVIEW_PIXELS",
     "covers_frame",
     "example_views",
     "examples_sheet",
+    "overview_sheet",
     "write_sheets",
 ]
 
 DEFAULT_COLUMNS = 8
 """Patches per row: 16 examples make two rows."""
+
+OVERVIEW_PIXELS = 48
+"""Views in a layer's overview are upscaled to at least this width: one row per feature, a glance, not a page."""
 
 MIN_PATCH_PIXELS = 96
 """Patches are upscaled (nearest) by the smallest integer that makes them at least this wide: a 3-pixel field of
@@ -104,8 +109,9 @@ def examples_sheet(
     """The sheet of feature ``j`` (its row in ``result``): top patches, then the least-activating ones; uint8.
 
     Where every receptive field spans the frame (`covers_frame`) the sheet shows the whole frames instead of the
-    patches, and wide fields get the position boxed (`example_views`). With ``object_maps`` (the rollout ``Dataset``, or global frame index -> (64, 64) map) each patch also names
-    the game object at its position (`jaxinterp.examples.objects.objects_at`).
+    patches, and wide fields get the position boxed (`example_views`). With ``object_maps`` (the rollout
+    ``Dataset``, or global frame index -> (64, 64) map) each patch also names the game object at its position
+    (`jaxinterp.examples.objects.objects_at`).
     """
     rf = result.receptive_field
     whole = covers_frame(rf)
@@ -141,6 +147,26 @@ def examples_sheet(
     return images.stack(parts)
 
 
+def overview_sheet(result: ExamplesResult, *, columns: int = DEFAULT_COLUMNS) -> np.ndarray:
+    """Every feature of ``result`` at a glance: one row each of its top ``columns`` views (as `examples_sheet`
+    shows them, smaller), captioned with its id and its best value; uint8."""
+    rf = result.receptive_field
+    p = FRAME_SIZE if covers_frame(rf) else result.patches.shape[2]
+    scale = max(1, math.ceil(OVERVIEW_PIXELS / p))
+    n = min(columns, result.positions.values.shape[1])
+    top = result.positions.take(np.broadcast_to(np.arange(n), (len(result.ids), n)))
+    rows = [
+        images.side_by_side(example_views(result, top, result.patches[:, :n], j, scale))
+        for j in range(len(top.values))
+    ]
+    labels = [
+        f"#{int(i)}: {v:.3g}" if f >= 0 else f"#{int(i)}: (none)"
+        for i, v, f in zip(result.ids, top.values[:, 0], top.frames[:, 0], strict=True)
+    ]
+    title = f"{result.layer}: top {n} of {result.num_frames} frames per feature"
+    return images.contact_sheet(np.stack(rows), labels, columns=1, title=title)
+
+
 def _objects(result: ExamplesResult, ranked, j: int, object_maps) -> np.ndarray | None:
     """(k,) object classes under feature ``j``'s ranked positions; None without object maps, or for a dense layer,
     whose one position is the whole frame (the largest object in view would name every example)."""
@@ -161,7 +187,8 @@ def write_sheets(
     npz: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """One PNG per feature (``<layer>_<id>.png``) and, with ``npz``, ``<layer>_examples.npz`` of indices/values."""
+    """One PNG per feature (``<layer>_<id>.png``), the layer's `overview_sheet` (``<layer>_overview.png``) and,
+    with ``npz``, ``<layer>_examples.npz`` of indices/values."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = images.file_stem(result.layer)
@@ -179,6 +206,7 @@ def write_sheets(
         paths.append(images.save_png(out_dir / f"{stem}_{int(fid):04d}.png", sheet))
         if progress is not None:
             progress(1)
+    paths.append(images.save_png(out_dir / f"{stem}_overview.png", overview_sheet(result, columns=columns)))
     if npz:
         paths.append(save_npz(result, out_dir / f"{stem}_examples.npz"))
     return paths
