@@ -90,3 +90,23 @@ def test_overlays_and_feature_heatmap_pngs(tmp_path):
     assert [p.name for p in paths] == ["conv_seqs_1_res_block0_0001.png", "conv_seqs_1_res_block0_0004.png"]
     with pytest.raises(JaxinterpError, match="upsample"):
         heatmap.overlay(f, heat[:, :8, :8])
+
+
+def test_weighted_overlays_leave_unattributed_pixels_clear_and_clip_at_the_percentile():
+    f = frames(1)
+    heat = np.zeros((1, 64, 64), np.float32)
+    heat[0, :4, :] = 1.0  # 256 pixels at 1 (6% of the frame), one outlier at 100
+    heat[0, 10, 10] = 100.0
+    over = heatmap.overlay(f, heat, alpha=0.9, weighted=True, percentile=90)
+    np.testing.assert_array_equal(over[0, 20:], f[0, 20:])  # zero heat: the frame itself
+    # The 90th percentile is 0 here (94% zeros): everything above it saturates, fully coloured at alpha 0.9.
+    top = heatmap.colorize(np.ones(1), vmin=0, vmax=1)[0].astype(np.float32)
+    expected = (0.1 * f[0, :4].astype(np.float32) + 0.9 * top).round()
+    np.testing.assert_allclose(over[0, :4], expected, atol=1)  # float rounding
+    # Scaled to the outlier instead (percentile 100), the band is at 1% of the range: nearly clear.
+    faint = heatmap.overlay(f, heat, alpha=0.9, weighted=True)
+    assert np.abs(faint[0, :4].astype(int) - f[0, :4]).max() <= 3
+    # Signed: opacity grows with |heat| on both sides of zero.
+    signed = heatmap.overlay(f, -heat, alpha=0.9, weighted=True, symmetric=True, cmap=heatmap.DIVERGING_CMAP)
+    np.testing.assert_array_equal(signed[0, 20:], f[0, 20:])
+    assert (signed[0, 10, 10] != f[0, 10, 10]).any()

@@ -16,6 +16,8 @@ __all__ = [
     "DEFAULT_CMAP",
     "DEFAULT_SCALE",
     "DIVERGING_CMAP",
+    "SALIENCY_ALPHA",
+    "SALIENCY_PERCENTILE",
     "colorize",
     "interpolation_matrix",
     "overlay",
@@ -33,6 +35,14 @@ DIVERGING_CMAP = "RdBu_r"
 
 DEFAULT_ALPHA = 0.6
 """Heat opacity over the frame: enough to read the map, little enough to see the objects under it."""
+
+SALIENCY_PERCENTILE = 99.0
+"""Saliency colours saturate at this percentile of the map's magnitude (captum's default clips the top 2%): pixel
+attributions are peaky, and scaled to their single largest pixel everything else is invisible."""
+
+SALIENCY_ALPHA = 0.9
+"""Saliency opacity where the map saturates: weighted overlays leave unattributed pixels clear, so the peaks can be
+nearly opaque."""
 
 DEFAULT_SCALE = 4
 """PNGs are upscaled (nearest) this much: a 64×64 frame is too small to inspect."""
@@ -81,40 +91,66 @@ def upsample(
     return out[..., 0] if squeeze else out
 
 
-def _range(heat: np.ndarray, vmin, vmax, symmetric: bool) -> tuple[float, float]:
-    """Colour range: given bounds win; else [min(0, lowest), highest], or ±max|heat| when symmetric."""
+def _range(heat: np.ndarray, vmin, vmax, symmetric: bool, percentile: float = 100.0) -> tuple[float, float]:
+    """Colour range: given bounds win; else [min(0, lowest), top], or ±top of |heat| when symmetric, where top is
+    the ``percentile`` of the values (100: the largest)."""
     finite = heat[np.isfinite(heat)]
     if not finite.size:
         finite = np.zeros(1, np.float32)
     if symmetric:
-        m = float(np.abs(finite).max())
+        m = float(np.percentile(np.abs(finite), percentile))
         return (-m if vmin is None else vmin), (m if vmax is None else vmax)
     lo = min(0.0, float(finite.min())) if vmin is None else vmin
-    hi = float(finite.max()) if vmax is None else vmax
+    hi = float(np.percentile(finite, percentile)) if vmax is None else vmax
     return lo, hi
 
 
-def colorize(heat, *, cmap: str = DEFAULT_CMAP, vmin=None, vmax=None, symmetric: bool = False) -> np.ndarray:
-    """uint8 RGB (..., 3) of ``heat`` (...) through ``cmap``; the range is shared by all maps given (comparable)."""
+def _scaled(heat: np.ndarray, vmin, vmax, symmetric: bool, percentile: float) -> np.ndarray:
+    """``heat`` mapped to [0, 1] over its colour range (shared by all maps given)."""
+    lo, hi = _range(heat, vmin, vmax, symmetric, percentile)
+    return np.clip((heat - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def colorize(
+    heat,
+    *,
+    cmap: str = DEFAULT_CMAP,
+    vmin=None,
+    vmax=None,
+    symmetric: bool = False,
+    percentile: float = 100.0,
+) -> np.ndarray:
+    """uint8 RGB (..., 3) of ``heat`` (...) through ``cmap``; the range is shared by all maps given (comparable)
+    and saturates at the ``percentile`` of their values."""
     import matplotlib  # deferred: importing matplotlib costs about a second
 
-    heat = np.asarray(heat, np.float32)
-    lo, hi = _range(heat, vmin, vmax, symmetric)
-    t = np.clip((heat - lo) / max(hi - lo, 1e-12), 0, 1)
+    t = _scaled(np.asarray(heat, np.float32), vmin, vmax, symmetric, percentile)
     lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
     return lut[np.nan_to_num(t * 255).round().astype(np.int64)]
 
 
-def overlay(frames, heat, *, alpha: float = DEFAULT_ALPHA, **colorize_kwargs) -> np.ndarray:
-    """uint8 frames (N, 64, 64, 3) with ``heat`` (N, 64, 64) blended over them."""
+def overlay(
+    frames, heat, *, alpha: float = DEFAULT_ALPHA, weighted: bool = False, **colorize_kwargs
+) -> np.ndarray:
+    """uint8 frames (N, 64, 64, 3) with ``heat`` (N, 64, 64) blended over them; ``weighted`` scales the opacity
+    by the heat's magnitude (saliency: the frame stays clear where nothing is attributed)."""
     frames = np.asarray(frames)
-    heat = np.asarray(heat)
+    heat = np.asarray(heat, np.float32)
     if heat.shape != frames.shape[:-1]:
         raise JaxinterpError(
             f"heat {heat.shape} must match the frames' pixels {frames.shape[:-1]}; upsample it"
         )
     colors = colorize(heat, **colorize_kwargs).astype(np.float32)
-    return ((1 - alpha) * frames.astype(np.float32) + alpha * colors).round().astype(np.uint8)
+    a = np.float32(alpha)
+    if weighted:
+        kw = {
+            k: colorize_kwargs.get(k, d) for k, d in (("vmin", None), ("vmax", None), ("percentile", 100.0))
+        }
+        if colorize_kwargs.get("symmetric", False):
+            a = alpha * np.abs(2 * _scaled(heat, symmetric=True, **kw) - 1)[..., None]
+        else:
+            a = alpha * _scaled(heat, symmetric=False, **kw)[..., None]
+    return ((1 - a) * frames.astype(np.float32) + a * colors).round().astype(np.uint8)
 
 
 def overlay_grid(frames, heat, *, scale: int = DEFAULT_SCALE, **overlay_kwargs) -> np.ndarray:

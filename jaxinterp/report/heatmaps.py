@@ -9,7 +9,15 @@ import numpy as np
 
 from jaxinterp.examples.attribution import INPUT, saliency
 from jaxinterp.examples.features import Feature, as_feature, compute_feature_maps, feature_ids
-from jaxinterp.examples.heatmap import DEFAULT_SCALE, DIVERGING_CMAP, Method, overlay_grid, upsample
+from jaxinterp.examples.heatmap import (
+    DEFAULT_SCALE,
+    DIVERGING_CMAP,
+    SALIENCY_ALPHA,
+    SALIENCY_PERCENTILE,
+    Method,
+    overlay_grid,
+    upsample,
+)
 from jaxinterp.examples.receptive import receptive_field
 from jaxinterp.models.agent import Agent
 from jaxinterp.report.images import file_stem, save_png
@@ -60,11 +68,15 @@ def write_feature_heatmaps(
 def write_saliency(
     path, agent: Agent, frames, attributions, *, layer: str = INPUT, signed: bool = False, **overlay_kwargs
 ) -> Path:
-    """PNG of the frames above their saliency overlays (``layer``'s map placed by its receptive fields)."""
+    """PNG of the frames above their saliency overlays (``layer``'s map placed by its receptive fields), coloured up
+    to the map's ``SALIENCY_PERCENTILE`` and opaque in proportion to it, so the frame shows where nothing is."""
     heat = saliency(attributions, signed=signed)
     rf = receptive_field(agent, layer)
     if heat.shape[1:] != (64, 64):
         heat = upsample(heat, rf, method=overlay_kwargs.pop("method", "bilinear"))
     if signed:
         overlay_kwargs.setdefault("cmap", DIVERGING_CMAP)
+    overlay_kwargs.setdefault("percentile", SALIENCY_PERCENTILE)
+    overlay_kwargs.setdefault("weighted", True)
+    overlay_kwargs.setdefault("alpha", SALIENCY_ALPHA)
     return write_overlays(path, np.asarray(frames), heat, symmetric=signed, **overlay_kwargs)
