@@ -134,6 +134,7 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
     assert sorted(p.name for p in out.glob("*.png")) == [
         "conv_seqs_1_res_block1_0000.png",
         "conv_seqs_1_res_block1_0001.png",
+        "conv_seqs_1_res_block1_overview.png",
     ]
     assert main([*examples.split(), "--channels", "40"]) == 2
     assert "out of range" in capsys.readouterr().err
