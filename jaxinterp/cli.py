@@ -46,6 +46,7 @@ def cmd_train_agent(args) -> None:
         frames=args.frames,
         seed=args.seed,
         checkpoint_every_s=args.checkpoint_every,
+        init_from=args.init_from,
     )
     print(f"{int(state.frames):,} frames trained; checkpoints in {Path(args.out) / 'checkpoints'}")
 
@@ -287,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    t.add_argument(
+        "--init-from",
+        help="start a new --out run from this run's latest checkpoint (to go on with another --config)",
+    )
     t.set_defaults(func=cmd_train_agent)
 
     i = sub.add_parser(

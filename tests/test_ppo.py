@@ -180,3 +180,31 @@ def test_tiny_run_trains_end_to_end_and_resume_is_exact(tmp_path):
         dataclasses.replace(TINY, microbatch_size=2), tmp_path / "b", frames=frames, seed=3, progress=False
     )
     jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)
+
+
+def test_a_forked_run_starts_from_its_source_with_another_config(tmp_path):
+    """A run refuses config changes; `init_from` starts a new run from its latest checkpoint instead."""
+    source = tmp_path / "source"
+    first = train(TINY, source, frames=TINY.frames_per_iteration, seed=3, progress=False)
+    other = dataclasses.replace(TINY, lr=1e-3)
+    # Nothing to train yet (the source's frames already): the fork's state is the source's.
+    fork = train(other, tmp_path / "fork", frames=16, seed=3, progress=False, init_from=source)
+    jax.tree.map(np.testing.assert_array_equal, fork.params, first.params)
+    assert int(fork.frames) == 16 and int(fork.iteration) == 1
+    meta = json.loads((tmp_path / "fork" / "config.json").read_text())
+    assert meta["init_from"] == {"run": source.as_posix(), "checkpoint": "init/iter_000001", "iteration": 1}
+    assert meta["ppo"]["lr"] == 1e-3 and not (tmp_path / "fork" / "checkpoints" / "init").exists()
+    on = train(other, tmp_path / "fork", frames=32, seed=3, progress=False)  # then trains on, resumable
+    assert int(on.frames) == 32 and not np.allclose(
+        on.params["logits_fc"]["kernel"], first.params["logits_fc"]["kernel"]
+    )
+    rows = [json.loads(x) for x in (tmp_path / "fork" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["frames"] for r in rows] == [16, 32]  # the source's history, then the fork's
+    with pytest.raises(JaxinterpError, match="same --arch"):
+        train(
+            dataclasses.replace(TINY, arch="interpretable-cnn"),
+            tmp_path / "x",
+            frames=16,
+            progress=False,
+            init_from=source,
+        )

@@ -74,14 +74,16 @@ def export_agent(
 
 def train_command(run_dir: str | Path, meta: dict) -> str:
     """The `train-agent` command that reproduces the run: its config as the changes from the defaults (JSON
-    values, so `--config` parses them back), compute-only settings left out."""
+    values, so `--config` parses them back), compute-only settings left out; a forked run names its source, whose
+    own card or config.json says how that was trained."""
     defaults = PPOConfig().algorithm_dict()
     run = PPOConfig.from_dict(meta["ppo"]).algorithm_dict()
     changed = {k: v for k, v in run.items() if v != defaults[k]}
     config = f" --config {','.join(f'{k}={json.dumps(v)}' for k, v in changed.items())}" if changed else ""
+    fork = f" --init-from {meta['init_from']['run']}" if "init_from" in meta else ""
     return (
         f"uv run jaxinterp train-agent --frames {meta['frames']} --out {Path(run_dir).as_posix()}{config} "
-        f"--seed {meta['seed']}"
+        f"--seed {meta['seed']}{fork}"
     )
 
 

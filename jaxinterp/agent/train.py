@@ -75,6 +75,7 @@ class _Checkpoints:
         tmp.rename(final)  # a checkpoint exists whole or not at all
         for old in sorted(self.dir.glob("iter_*[0-9]"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
+        shutil.rmtree(self.dir / "init", ignore_errors=True)  # a forked run's starting point, now superseded
         return final
 
     @staticmethod
@@ -98,12 +99,20 @@ def train(
     seed: int = 0,
     checkpoint_every_s: float = 300.0,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> TrainState:
-    """Train until ``frames`` environment frames in total, resuming from ``run_dir`` if it holds a run."""
+    """Train until ``frames`` environment frames in total, resuming from ``run_dir`` if it holds a run.
+
+    ``init_from`` starts a new run from another run's latest checkpoint (params, optimizer, reward normalizer, frame
+    count and its metrics; fresh environments): the way to go on with another config, since a run refuses config
+    changes. The source and its iteration are recorded in ``config.json``.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.json"
     run_meta = {"ppo": config.to_dict(), "seed": seed}
+    if init_from is not None and not saved.exists():
+        run_meta["init_from"] = _fork(Path(init_from), run_dir, config)
     if saved.exists():
         old = json.loads(saved.read_text())
         if PPOConfig.from_dict(old["ppo"]).algorithm_dict() != config.algorithm_dict() or old["seed"] != seed:
@@ -122,6 +131,9 @@ def train(
     if (latest := ckpts.latest()) is not None:
         state, env_state, obs = ckpts.load(latest, state)
         env.set_state(env_state)
+    elif (source := json.loads(saved.read_text()).get("init_from")) is not None:
+        template = state
+        state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], template)[0]
     log_path = run_dir / "metrics.jsonl"
     history = _read_log(log_path, upto=int(state.iteration))
     recent = collections.deque(maxlen=EPISODE_WINDOW)
@@ -188,6 +200,27 @@ def train(
         plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
         env.close()
     return consistent[0]
+
+
+def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
+    """Copy ``source``'s latest checkpoint and metrics into the new ``run_dir``; what config.json records of it."""
+    if not (source / "config.json").exists():
+        raise JaxinterpError(f"--init-from {source}: not a training run (no config.json)")
+    meta = json.loads((source / "config.json").read_text())
+    if (arch := PPOConfig.from_dict(meta["ppo"]).arch) != config.arch:
+        raise JaxinterpError(
+            f"--init-from {source}: it trains {arch!r}, this run {config.arch!r}; use the same --arch"
+        )
+    latest = _Checkpoints(source).latest()
+    if latest is None:
+        raise JaxinterpError(f"--init-from {source}: it has no checkpoint yet")
+    shutil.copytree(latest, run_dir / CHECKPOINTS / "init" / latest.name)
+    iteration = int(latest.name.split("_")[1])
+    log = source / "metrics.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+    rows = [r for r in rows if r["iteration"] <= iteration]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"run": source.as_posix(), "checkpoint": f"init/{latest.name}", "iteration": iteration}
 
 
 def _raise_interrupt(*_):
