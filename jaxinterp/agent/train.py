@@ -132,8 +132,7 @@ def train(
         state, env_state, obs = ckpts.load(latest, state)
         env.set_state(env_state)
     elif (source := json.loads(saved.read_text()).get("init_from")) is not None:
-        template = state
-        state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], template)[0]
+        state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], state)[0]
     log_path = run_dir / "metrics.jsonl"
     history = _read_log(log_path, upto=int(state.iteration))
     recent = collections.deque(maxlen=EPISODE_WINDOW)

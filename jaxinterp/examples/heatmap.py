@@ -111,6 +111,14 @@ def _scaled(heat: np.ndarray, vmin, vmax, symmetric: bool, percentile: float) ->
     return np.clip((heat - lo) / max(hi - lo, 1e-12), 0, 1)
 
 
+def _colors(t: np.ndarray, cmap: str) -> np.ndarray:
+    """uint8 RGB (..., 3) of values ``t`` in [0, 1] through ``cmap``."""
+    import matplotlib  # deferred: importing matplotlib costs about a second
+
+    lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return lut[np.nan_to_num(t * 255).round().astype(np.int64)]
+
+
 def colorize(
     heat,
     *,
@@ -122,34 +130,34 @@ def colorize(
 ) -> np.ndarray:
     """uint8 RGB (..., 3) of ``heat`` (...) through ``cmap``; the range is shared by all maps given (comparable)
     and saturates at the ``percentile`` of their values."""
-    import matplotlib  # deferred: importing matplotlib costs about a second
-
-    t = _scaled(np.asarray(heat, np.float32), vmin, vmax, symmetric, percentile)
-    lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
-    return lut[np.nan_to_num(t * 255).round().astype(np.int64)]
+    return _colors(_scaled(np.asarray(heat, np.float32), vmin, vmax, symmetric, percentile), cmap)
 
 
 def overlay(
-    frames, heat, *, alpha: float = DEFAULT_ALPHA, weighted: bool = False, **colorize_kwargs
+    frames,
+    heat,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    weighted: bool = False,
+    cmap: str = DEFAULT_CMAP,
+    vmin=None,
+    vmax=None,
+    symmetric: bool = False,
+    percentile: float = 100.0,
 ) -> np.ndarray:
-    """uint8 frames (N, 64, 64, 3) with ``heat`` (N, 64, 64) blended over them; ``weighted`` scales the opacity
-    by the heat's magnitude (saliency: the frame stays clear where nothing is attributed)."""
+    """uint8 frames (N, 64, 64, 3) with ``heat`` (N, 64, 64) blended over them, coloured as `colorize`;
+    ``weighted`` scales the opacity by the heat's magnitude (saliency: the frame stays clear where nothing is
+    attributed)."""
     frames = np.asarray(frames)
     heat = np.asarray(heat, np.float32)
     if heat.shape != frames.shape[:-1]:
         raise JaxinterpError(
             f"heat {heat.shape} must match the frames' pixels {frames.shape[:-1]}; upsample it"
         )
-    colors = colorize(heat, **colorize_kwargs).astype(np.float32)
-    a = np.float32(alpha)
-    if weighted:
-        kw = {
-            k: colorize_kwargs.get(k, d) for k, d in (("vmin", None), ("vmax", None), ("percentile", 100.0))
-        }
-        if colorize_kwargs.get("symmetric", False):
-            a = alpha * np.abs(2 * _scaled(heat, symmetric=True, **kw) - 1)[..., None]
-        else:
-            a = alpha * _scaled(heat, symmetric=False, **kw)[..., None]
+    t = _scaled(heat, vmin, vmax, symmetric, percentile)
+    colors = _colors(t, cmap).astype(np.float32)
+    # Magnitude in [0, 1]: a symmetric range puts zero at t = 0.5.
+    a = alpha * (np.abs(2 * t - 1) if symmetric else t)[..., None] if weighted else np.float32(alpha)
     return ((1 - a) * frames.astype(np.float32) + a * colors).round().astype(np.uint8)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "MIN_PATCH_PIXELS",
     "OVERVIEW_PIXELS",
+    "boxes_position",
     "covers_frame",
     "example_views",
     "examples_sheet",
@@ -53,6 +54,16 @@ def covers_frame(rf: ReceptiveField) -> bool:
     return rf != WHOLE_FRAME and rf.start <= 0 and rf.size >= FRAME_SIZE - rf.start
 
 
+def boxes_position(rf: ReceptiveField) -> bool:
+    """Whether views of this field get the position's cell outlined (spatial fields of ``BOXED_FIELD`` px or more)."""
+    return rf != WHOLE_FRAME and rf.size >= BOXED_FIELD
+
+
+def _view_size(result: ExamplesResult) -> int:
+    """Width of the views `example_views` shows before upscaling: the frame, or the patches."""
+    return FRAME_SIZE if covers_frame(result.receptive_field) else result.patches.shape[2]
+
+
 def example_views(result: ExamplesResult, ranked, patches: np.ndarray, j: int, scale: int) -> np.ndarray:
     """Feature ``j``'s examples as shown, upscaled (k, S·scale, S·scale, 3): its ``patches`` (k, P, P, 3), or the
     whole frames where the fields cover the frame (`covers_frame`); fields of ``BOXED_FIELD`` px or more get the
@@ -65,7 +76,7 @@ def example_views(result: ExamplesResult, ranked, patches: np.ndarray, j: int, s
         if whole and f >= 0:
             base = result.frames[int(f)]
         view = images.upscale(base, scale)
-        if f >= 0 and rf != WHOLE_FRAME and rf.size >= BOXED_FIELD:
+        if f >= 0 and boxes_position(rf):
             origin = np.zeros(2, int) if whole else patch_origin(rf, np.array([y, x]), len(patch))
             y0, x0 = np.floor(rf.center(np.array([y, x])) - rf.jump / 2).astype(int) - origin
             y0, y1, x0, x1 = (np.clip(v * scale, 0, len(view)) for v in (y0, y0 + rf.jump, x0, x0 + rf.jump))
@@ -115,8 +126,7 @@ def examples_sheet(
     """
     rf = result.receptive_field
     whole = covers_frame(rf)
-    p = FRAME_SIZE if whole else result.patches.shape[2]
-    scale = max(1, math.ceil(MIN_PATCH_PIXELS / p)) if scale is None else scale
+    scale = max(1, math.ceil(MIN_PATCH_PIXELS / _view_size(result))) if scale is None else scale
 
     pos = result.positions
     title = f"{result.layer} #{int(result.ids[j])}: top {pos.values.shape[1]} of {result.num_frames} frames"
@@ -124,7 +134,7 @@ def examples_sheet(
         title += f" (diversity {result.diversity:g} on {result.diversity_on})"
     if whole:
         title += f"; fields span {rf.size} px: whole frames, the position boxed"
-    elif rf != WHOLE_FRAME and rf.size >= BOXED_FIELD:
+    elif boxes_position(rf):
         title += "; the position boxed"
     parts = [
         images.contact_sheet(
@@ -150,9 +160,7 @@ def examples_sheet(
 def overview_sheet(result: ExamplesResult, *, columns: int = DEFAULT_COLUMNS) -> np.ndarray:
     """Every feature of ``result`` at a glance: one row each of its top ``columns`` views (as `examples_sheet`
     shows them, smaller), captioned with its id and its best value; uint8."""
-    rf = result.receptive_field
-    p = FRAME_SIZE if covers_frame(rf) else result.patches.shape[2]
-    scale = max(1, math.ceil(OVERVIEW_PIXELS / p))
+    scale = max(1, math.ceil(OVERVIEW_PIXELS / _view_size(result)))
     n = min(columns, result.positions.values.shape[1])
     top = result.positions.take(np.broadcast_to(np.arange(n), (len(result.ids), n)))
     rows = [
