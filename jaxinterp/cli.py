@@ -211,20 +211,13 @@ def cmd_attribution(args) -> None:
 def _color_stats(checkpoint: Path, agent: Agent, frames: np.ndarray):
     """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached (keyed
     by the weights' bytes, so a training run that moves on gets fresh statistics)."""
-    import hashlib
-
-    import jax
-
     from jaxinterp.featviz.param import fit_color_stats, load_color_stats, save_color_stats
 
     beside = checkpoint.with_suffix(".color.json")
     if beside.exists():
         return load_color_stats(beside)
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(agent.params):
-        digest.update(np.asarray(leaf).tobytes())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxinterp" / "color"
-    cached = cache / f"{digest.hexdigest()[:16]}.json"
+    cached = cache / f"{agent.params_digest()}.json"
     if cached.exists():
         return load_color_stats(cached)
     stats = fit_color_stats(frames)
@@ -269,6 +262,40 @@ def cmd_visualize(args) -> None:
         real_frames=frames,
     )
     print(f"wrote {summary['out_dir']}")
+
+
+def cmd_report(args) -> None:
+    from jaxinterp.envs.dataset import Dataset
+    from jaxinterp.envs.heist import HeistConfig
+    from jaxinterp.envs.rollout import agent_policy, collect
+    from jaxinterp.report.agent_report import REAL_FRAMES, write_agent_report
+    from jaxinterp.weights.store import default_checkpoint
+
+    checkpoint = Path(args.checkpoint or default_checkpoint())
+    agent = _agent(args)
+    out = Path(args.out)
+    if args.dataset:
+        dataset = Dataset(args.dataset)
+    else:  # the agent's own play on unbounded easy levels, recorded once under OUT (resumable)
+        config = HeistConfig(seed=args.seed)
+        dataset = collect(
+            out / "data", frames=args.frames, policy=agent_policy(agent), env_config=config, seed=args.seed
+        )
+    rows = np.linspace(0, len(dataset) - 1, min(REAL_FRAMES, len(dataset))).round().astype(np.int64)
+    stats = _color_stats(checkpoint, agent, dataset.get(np.unique(rows), ["frames"])["frames"])
+    page = write_agent_report(
+        agent,
+        dataset,
+        out,
+        layers=[x for x in args.layers.split(",") if x] if args.layers else None,
+        k=args.k,
+        diversity=args.diversity,
+        steps=args.steps,
+        color_matrix=stats.matrix,
+        seed=args.seed,
+        source=str(checkpoint),
+    )
+    print(f"wrote {page}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--method", default="ig", choices=["ig", "gxa"])
     at.add_argument("--out", required=True)
     at.set_defaults(func=cmd_attribution)
+
+    rp = sub.add_parser(
+        "report",
+        help="one HTML page: every channel's visualization, top examples and objects, for each stage's output",
+    )
+    _checkpoint_arg(rp)
+    rp.add_argument("--dataset", help="a rollout dataset (default: record the agent's play under OUT/data)")
+    rp.add_argument("--frames", type=int, default=20000, help="frames to record when no --dataset is given")
+    rp.add_argument("--layers", help="comma-separated layer names (default: each stage's output)")
+    rp.add_argument("--k", type=int, default=16, help="examples per channel")
+    rp.add_argument("--diversity", type=float, default=0.5, help="cosine-similarity penalty of the examples")
+    rp.add_argument("--steps", type=int, default=512, help="feature-visualization steps")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(func=cmd_report)
 
     v = sub.add_parser(
         "visualize", help="feature visualization of every channel of a layer, in one jitted call"

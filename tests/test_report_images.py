@@ -114,7 +114,7 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
     np.testing.assert_allclose(p, np.percentile(real, run.PERCENTILES, axis=1), rtol=1e-5)
     best = values[-1].max(axis=1)
     assert s["beat_p99"] == np.mean(best > p[0]) and s["beat_p999"] == np.mean(best > p[1])
-    assert s["off_in_play"] == np.sum(np.percentile(real, 99.9, axis=1) <= 0)
+    assert s["nonpositive_p999"] == np.sum(np.percentile(real, 99.9, axis=1) <= 0)
 
     # Same settings: nothing to do.
     again = run.visualize_layers(agent, [LAYER], "0-1", out_dir=out, real_frames=heist_frames, **JOB)

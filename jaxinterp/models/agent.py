@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -49,6 +50,10 @@ class Agent:
     @property
     def num_params(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.params))
+
+    def params_digest(self) -> str:
+        """16 hex digits identifying the weights: outputs and caches computed from them record it."""
+        return array_digest(jax.tree.leaves(self.params))
 
     def forward(self, params: dict, images: jax.Array, perturb: dict | None = None) -> dict[str, jax.Array]:
         """Every named activation for images in [0, 1], shape (N, 64, 64, 3).
@@ -104,6 +109,16 @@ class Agent:
     def activations(self, obs, names: Sequence[str]) -> dict[str, jax.Array]:
         """``{name: activation}`` for uint8 frames, exactly what a torch forward hook returns (as NHWC)."""
         return _jit_activations(self, self.check_layers(names))(self.params, check_obs(obs))
+
+
+def array_digest(arrays: Iterable) -> str:
+    """16 hex digits of a SHA-1 over the arrays' shapes, dtypes and bytes."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _build_kwargs(num_actions: int, channels) -> dict:

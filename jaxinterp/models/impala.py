@@ -154,6 +154,8 @@ class Architecture:
     value: str  # layer holding the value, shape (N, 1)
     flatten_dense: str  # the dense layer after the flatten: torch flattens CHW, we flatten HWC
     signature: str  # a torch state-dict key only this layout has
+    # Each stage's output at its own resolution: the layers `jaxinterp report` describes unless told others.
+    stage_outputs: tuple[str, ...]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -167,6 +169,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "value_fc",
             "hidden_fc",
             "conv_seqs.0.conv.weight",
+            ("conv_seqs.0.res_block1", "conv_seqs.1.res_block1", "conv_seqs.2.res_block1"),
         ),
         Architecture(
             "impala-procgen-tools",
@@ -176,6 +179,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "fc_value",
             "embedder.fc",
             "embedder.block1.conv.weight",
+            ("embedder.block1.res2", "embedder.block2.res2", "embedder.block3.res2"),
         ),
         Architecture(
             "interpretable-cnn",
@@ -185,6 +189,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "value_fc",
             "fc1",
             "conv1a.weight",
+            ("conv2b", "conv3a", "conv4a"),
         ),
     )
 }

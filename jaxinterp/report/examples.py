@@ -26,6 +26,7 @@ __all__ = [
     "example_views",
     "examples_sheet",
     "overview_sheet",
+    "top_strip",
     "write_sheets",
 ]
 
@@ -160,19 +161,23 @@ def examples_sheet(
 def overview_sheet(result: ExamplesResult, *, columns: int = DEFAULT_COLUMNS) -> np.ndarray:
     """Every feature of ``result`` at a glance: one row each of its top ``columns`` views (as `examples_sheet`
     shows them, smaller), captioned with its id and its best value; uint8."""
-    scale = max(1, math.ceil(OVERVIEW_PIXELS / _view_size(result)))
     n = min(columns, result.positions.values.shape[1])
-    top = result.positions.take(np.broadcast_to(np.arange(n), (len(result.ids), n)))
-    rows = [
-        images.side_by_side(example_views(result, top, result.patches[:, :n], j, scale))
-        for j in range(len(top.values))
-    ]
+    rows = [top_strip(result, j, n) for j in range(len(result.ids))]
+    top = result.positions
     labels = [
         f"#{int(i)}: {v:.3g}" if f >= 0 else f"#{int(i)}: (none)"
         for i, v, f in zip(result.ids, top.values[:, 0], top.frames[:, 0], strict=True)
     ]
     title = f"{result.layer}: top {n} of {result.num_frames} frames per feature"
     return images.contact_sheet(np.stack(rows), labels, columns=1, title=title)
+
+
+def top_strip(result: ExamplesResult, j: int, n: int = DEFAULT_COLUMNS) -> np.ndarray:
+    """Feature ``j``'s first ``n`` chosen views side by side, each at least ``OVERVIEW_PIXELS`` wide; uint8."""
+    scale = max(1, math.ceil(OVERVIEW_PIXELS / _view_size(result)))
+    n = min(n, result.positions.values.shape[1])
+    top = result.positions.head(n)
+    return images.side_by_side(example_views(result, top, result.patches[:, :n], j, scale))
 
 
 def _objects(result: ExamplesResult, ranked, j: int, object_maps) -> np.ndarray | None:

@@ -1,0 +1,258 @@
+"""One report per agent: for each chosen layer, every channel's feature visualization beside its top dataset
+patches and the game objects it responds to, as a static HTML page (``index.html``) with its images and numbers.
+
+It runs the three analyses of a rollout dataset (`visualize_layers`, `find_examples`, `object_response`) and puts
+their answers to "what does this channel see?" side by side, so that a reader can check one against the other.
+Each step is recorded in ``report.json`` when done, so an interrupted report resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxinterp.envs.dataset import Dataset
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.examples.find import find_examples
+from jaxinterp.examples.objects import ObjectResponse, load_npz, object_response
+from jaxinterp.featviz.engine import DEFAULT_STEPS
+from jaxinterp.models.agent import Agent
+from jaxinterp.report import images
+from jaxinterp.report.examples import top_strip, write_sheets
+from jaxinterp.report.featviz import visualize_layers
+from jaxinterp.report.objects import STRONG, write_object_response
+
+__all__ = ["DEFAULT_DIVERSITY", "DEFAULT_K", "REAL_FRAMES", "REPORT_FORMAT", "write_agent_report"]
+
+REPORT_FORMAT = "jaxinterp.report/1"
+DEFAULT_K = 16
+DEFAULT_DIVERSITY = 0.5
+"""Examples are chosen with this cosine-similarity penalty: Heist frames look alike, and plain top-k fills a
+channel's sheet with one object seen from neighbouring positions."""
+REAL_FRAMES = 1024
+"""Dataset frames (evenly spaced) each visualization is measured against: its real-frame percentiles."""
+TOP_OBJECTS = 3
+THUMB_PIXELS = 128
+"""Height of the images in the per-channel table (the files themselves are larger: click to open)."""
+
+
+def write_agent_report(
+    agent: Agent,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    layers: Sequence[str] | None = None,
+    k: int = DEFAULT_K,
+    diversity: float = DEFAULT_DIVERSITY,
+    steps: int = DEFAULT_STEPS,
+    color_matrix: np.ndarray | None = None,
+    real_frames: int = REAL_FRAMES,
+    seed: int = 0,
+    source: str = "",
+    progress: bool = True,
+) -> Path:
+    """Analyse ``layers`` (default: each stage's output, ``agent.arch.stage_outputs``) of ``agent`` over the rollout
+    ``dataset`` and write ``out_dir``: ``featviz/``, ``examples/`` and ``objects/`` as their own commands write
+    them, ``report.json`` (settings, per-channel numbers) and ``index.html``. ``source`` names the agent on the page.
+    Rerunning with the same arguments resumes; other settings in the same ``out_dir`` are refused."""
+    layers = list(agent.check_layers(layers if layers is not None else agent.arch.stage_outputs))
+    if not layers:
+        raise JaxinterpError("no layers to report on; pass layer names (see `jaxinterp info`)")
+    if len(dataset) == 0:
+        raise JaxinterpError(
+            f"the dataset {dataset.path} has no frames; record some with `jaxinterp rollout`"
+        )
+    out = Path(out_dir)
+    settings = {
+        "format": REPORT_FORMAT,
+        "agent": {"arch": agent.arch.name, "params": agent.params_digest(), "source": source},
+        "dataset": {"path": str(Path(dataset.path).resolve()), "frames": len(dataset)},
+        "layers": layers,
+        "k": k,
+        "diversity": diversity,
+        "steps": steps,
+        "real_frames": real_frames,
+        "seed": seed,
+        "color_matrix": None if color_matrix is None else np.asarray(color_matrix, np.float32).tolist(),
+    }
+    state = _open_state(out, json.loads(json.dumps(settings)))
+
+    rows = np.linspace(0, len(dataset) - 1, min(real_frames, len(dataset))).round().astype(np.int64)
+    featviz = visualize_layers(
+        agent,
+        layers,
+        "all",
+        steps=steps,
+        color_matrix=color_matrix,
+        real_frames=dataset.get(np.unique(rows), ["frames"])["frames"],
+        seed=seed,
+        out_dir=out / "featviz",
+        progress=progress,
+    )["layers"]
+    for layer in layers:
+        stem = images.file_stem(layer)
+        if f"examples:{layer}" not in state["done"]:
+            result = find_examples(agent, layer, dataset, k=k, diversity=diversity, progress=progress)
+            write_sheets(result, out / "examples", object_maps=dataset)
+            for j, fid in enumerate(result.ids):
+                images.save_png(out / "examples" / f"{stem}_{int(fid):04d}_top.png", top_strip(result, j))
+            # Each channel's highest value at any position of any frame: <= 0 means it never fired in play.
+            state["max_in_play"][layer] = result.top.values[:, 0].tolist()
+            _mark_done(out, state, f"examples:{layer}")
+        if f"objects:{layer}" not in state["done"]:
+            with tqdm(total=len(dataset), unit="frame", desc=f"objects {layer}", disable=not progress) as bar:
+                response = object_response(agent, layer, dataset, progress=bar.update)
+            write_object_response(response, out / "objects" / stem)
+            _mark_done(out, state, f"objects:{layer}")
+
+    sections = [
+        _layer_numbers(agent, layer, featviz[layer], state["max_in_play"][layer], out) for layer in layers
+    ]
+    state["layers"] = sections
+    _write_json(out / "report.json", state)
+    page = out / "index.html"
+    page.write_text(_page(settings, sections))
+    return page
+
+
+def _open_state(out: Path, settings: dict) -> dict:
+    """``report.json`` of an earlier run with the same settings (to resume), else a fresh state."""
+    path = out / "report.json"
+    if path.exists():
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise JaxinterpError(f"{path} is corrupt ({e}); delete it, or report to another --out") from e
+        if state.get("settings") != settings:
+            raise JaxinterpError(
+                f"{out} holds a report made with other settings (agent, dataset, layers, k, diversity, steps, "
+                "seed); rerun with the same ones to resume, or choose another --out"
+            )
+        return state
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"settings": settings, "done": [], "max_in_play": {}}
+    _write_json(path, state)
+    return state
+
+
+def _mark_done(out: Path, state: dict, step: str) -> None:
+    state["done"].append(step)
+    _write_json(out / "report.json", state)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _layer_numbers(
+    agent: Agent, layer: str, featviz: dict[str, Any], max_in_play: list[float], out: Path
+) -> dict[str, Any]:
+    """What the page shows of one layer, per channel: images, featviz value against real frames, objects, and
+    the channel's maximum in play."""
+    stem = images.file_stem(layer)
+    response: ObjectResponse = load_npz(out / "objects" / stem / "objects.npz")
+    keep = [
+        i for i, c in enumerate(response.classes) if c not in ("floor", "wall") and response.pixels[i] > 0
+    ]
+    channels = []
+    for f, c in enumerate(response.ids.tolist()):
+        z = response.z[f, keep]
+        order = np.argsort(-np.nan_to_num(z, nan=-np.inf))[:TOP_OBJECTS]
+        v = featviz["channels"].index(c)
+        channels.append(
+            {
+                "channel": c,
+                "featviz_value": featviz["values"][v],
+                "real_p99": featviz["p99"][v],
+                "real_p999": featviz["p999"][v],
+                "max_in_play": max_in_play[f],
+                "objects": [[response.classes[keep[o]], float(z[o])] for o in order if np.isfinite(z[o])],
+                "featviz_png": f"featviz/{stem}/channel_{c:03d}.png",
+                "examples_png": f"examples/{stem}_{c:04d}.png",
+                "top_png": f"examples/{stem}_{c:04d}_top.png",
+            }
+        )
+    return {
+        "layer": layer,
+        "shape": list(agent.layer_shapes[layer]),
+        "beat_p99": featviz["beat_p99"],
+        "beat_p999": featviz["beat_p999"],
+        "never_fired": sum(ch["max_in_play"] <= 0 for ch in channels),
+        "strong_objects": sum(bool(ch["objects"]) and ch["objects"][0][1] >= STRONG for ch in channels),
+        "frames": response.num_frames,
+        "featviz_sheet": f"featviz/{stem}/sheet.png",
+        "examples_overview": f"examples/{stem}_overview.png",
+        "objects_png": f"objects/{stem}/objects.png",
+        "objects_md": f"objects/{stem}/objects.md",
+        "channels": channels,
+    }
+
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; } td, th { border-top: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
+th { text-align: left; } img { image-rendering: pixelated; } .num { font-variant-numeric: tabular-nums; }
+.strong { font-weight: bold; } nav a { margin-right: 1em; }
+"""
+
+
+def _page(settings: dict, sections: list[dict]) -> str:
+    e = html.escape
+    agent, data = settings["agent"], settings["dataset"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>jaxinterp report: {e(agent['source'] or agent['arch'])}</title><style>{_STYLE}</style>",
+        f"<h1>What the channels of {e(agent['source'] or 'this agent')} see</h1>",
+        (
+            f"<p>{e(agent['arch'])} (weights {e(agent['params'])}); {data['frames']:,} frames of play from "
+            f"<code>{e(data['path'])}</code>. Per channel: its feature visualization ({settings['steps']} steps; the "
+            "image that drives the channel's mean activation up), its top dataset examples (diversity "
+            f"{settings['diversity']:g}; click for the full sheet with the least activating ones) and the game objects "
+            f"it responds to (position-matched z-scores; <b>bold</b>: z &ge; {STRONG:g}).</p>"
+        ),
+        "<nav>"
+        + "".join(f"<a href='#{e(images.file_stem(s['layer']))}'>{e(s['layer'])}</a>" for s in sections),
+        "</nav>",
+    ]
+    for s in sections:
+        shape = " × ".join(map(str, s["shape"]))
+        n = len(s["channels"])
+        parts += [
+            f"<h2 id='{e(images.file_stem(s['layer']))}'>{e(s['layer'])} <small>({shape})</small></h2>",
+            (
+                f"<p>Feature visualizations beat the channel's real-frame 99th percentile for {s['beat_p99']:.0%} of "
+                f"the {n} channels and the 99.9th for {s['beat_p999']:.0%}; {s['never_fired']} channels never exceed 0 "
+                f"at any position of the {s['frames']:,} frames; {s['strong_objects']} respond strongly to an object. "
+                f"<a href='{s['featviz_sheet']}'>visualization sheet</a> · "
+                f"<a href='{s['examples_overview']}'>examples overview</a> · "
+                f"<a href='{s['objects_png']}'>objects heatmap</a> · <a href='{s['objects_md']}'>objects table</a></p>"
+            ),
+            (
+                "<table><tr><th>channel</th><th>wants to see</th><th>responds to in play (top examples)</th>"
+                "<th>objects (z)</th><th class='num'>image / real p99.9 (channel mean)</th>"
+                "<th class='num'>max in play (any position)</th></tr>"
+            ),
+        ]
+        for ch in s["channels"]:
+            objs = ", ".join(
+                f"<span class='strong'>{e(o)} {z:.2f}</span>" if z >= STRONG else f"{e(o)} {z:.2f}"
+                for o, z in ch["objects"]
+            )
+            parts.append(
+                f"<tr><td class='num'>{ch['channel']}</td>"
+                f"<td><a href='{ch['featviz_png']}'><img src='{ch['featviz_png']}' height={THUMB_PIXELS}></a></td>"
+                f"<td><a href='{ch['examples_png']}'><img src='{ch['top_png']}' height={THUMB_PIXELS // 2}></a></td>"
+                f"<td>{objs or '-'}</td>"
+                f"<td class='num'>{ch['featviz_value']:.3g} / {ch['real_p999']:.3g}</td>"
+                f"<td class='num'>{ch['max_in_play']:.3g}</td></tr>"
+            )
+        parts.append("</table>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,70 @@
+"""`jaxinterp report`: one page per agent, every image it shows written, resumable, other settings refused."""
+
+import json
+import re
+
+import numpy as np
+
+import jaxinterp
+import jaxinterp.envs.dataset
+from jaxinterp.cli import main
+from jaxinterp.examples.objects import load_npz
+from jaxinterp.report import agent_report
+
+LAYER = "conv_seqs.1.res_block1"
+
+
+def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    checkpoint = jaxinterp.save_agent(jaxinterp.Agent.random("impala", seed=3), tmp_path / "agent.pt")
+    out = tmp_path / "report"
+    args = ["report", "--checkpoint", str(checkpoint), "--layers", LAYER, "--frames", "64", "--k", "4"]
+    args += ["--steps", "4", "--out", str(out)]
+    assert main(args) == 0
+    assert "index.html" in capsys.readouterr().out
+
+    page = (out / "index.html").read_text()
+    links = set(re.findall(r"(?:src|href)='([^'#]+)'", page))
+    assert links and all((out / link).is_file() for link in links), sorted(links)
+    state = json.loads((out / "report.json").read_text())
+    assert state["done"] == [f"examples:{LAYER}", f"objects:{LAYER}"]
+    (section,) = state["layers"]
+    assert [c["channel"] for c in section["channels"]] == list(range(32))
+    assert all(f"channel_{c:03d}.png" in page for c in range(32))
+
+    # The objects column is the object-response file's ranking (floor and wall left out).
+    response = load_npz(out / "objects" / "conv_seqs_1_res_block1" / "objects.npz")
+    keep = [
+        i for i, c in enumerate(response.classes) if c not in ("floor", "wall") and response.pixels[i] > 0
+    ]
+    for f, ch in enumerate(section["channels"]):
+        best = keep[int(np.nanargmax(response.z[f, keep]))]
+        assert ch["objects"][0] == [response.classes[best], float(response.z[f, best])]
+    # The featviz column is the visualization's own value and the real-frame percentile it is measured against.
+    with np.load(out / "featviz" / "conv_seqs_1_res_block1" / "images.npz") as z:
+        values, p999 = z["values"][-1].max(axis=1), z["percentiles"][1]
+    assert [c["featviz_value"] for c in section["channels"]] == values.tolist()
+    assert [c["real_p999"] for c in section["channels"]] == p999.tolist()
+    assert section["beat_p999"] == np.mean(values > p999)
+
+    # The max-in-play column is the channel's highest activation at any position of any recorded frame.
+    agent = jaxinterp.load_agent(checkpoint)
+    frames = jaxinterp.envs.dataset.Dataset(out / "data").get(slice(None), ["frames"])["frames"]
+    peak = np.asarray(agent.activations(frames, [LAYER])[LAYER]).max(axis=(0, 1, 2))
+    np.testing.assert_allclose([c["max_in_play"] for c in section["channels"]], peak, rtol=1e-5, atol=1e-6)
+    assert section["never_fired"] == np.sum(peak <= 0)
+
+    # Rerunning resumes: the dataset, featviz chunks and finished steps are not computed again.
+    def fail(*a, **k):
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setattr(agent_report, "find_examples", fail)
+    monkeypatch.setattr(agent_report, "object_response", fail)
+    assert main(args) == 0
+    assert (out / "index.html").read_text() == page
+    capsys.readouterr()
+
+    # Other settings in the same folder are refused in one line.
+    assert main([*args[:-2], "--k", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and len(err.strip().splitlines()) == 1
