@@ -67,4 +67,4 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
     # Other settings in the same folder are refused in one line.
     assert main([*args[:-2], "--k", "8", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "other settings" in err and len(err.strip().splitlines()) == 1
+    assert "report made with another k " in err and len(err.strip().splitlines()) == 1

@@ -129,10 +129,12 @@ def _open_state(out: Path, settings: dict) -> dict:
             state = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise JaxinterpError(f"{path} is corrupt ({e}); delete it, or report to another --out") from e
-        if state.get("settings") != settings:
+        old = state.get("settings") or {}
+        differ = [k for k in settings if old.get(k) != settings[k]]
+        if differ:
             raise JaxinterpError(
-                f"{out} holds a report made with other settings (agent, dataset, layers, k, diversity, steps, "
-                "seed); rerun with the same ones to resume, or choose another --out"
+                f"{out} holds a report made with another {', '.join(differ)} (the weights of a training run "
+                "change as it trains); rerun with the same settings to resume, or choose another --out"
             )
         return state
     out.mkdir(parents=True, exist_ok=True)
