@@ -268,7 +268,7 @@ def cmd_report(args) -> None:
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.envs.heist import HeistConfig
     from jaxinterp.envs.rollout import agent_policy, collect
-    from jaxinterp.report.agent_report import REAL_FRAMES, write_agent_report
+    from jaxinterp.report.agent_report import sample_frames, write_agent_report
     from jaxinterp.weights.store import default_checkpoint
 
     checkpoint = Path(args.checkpoint or default_checkpoint())
@@ -281,8 +281,7 @@ def cmd_report(args) -> None:
         dataset = collect(
             out / "data", frames=args.frames, policy=agent_policy(agent), env_config=config, seed=args.seed
         )
-    rows = np.linspace(0, len(dataset) - 1, min(REAL_FRAMES, len(dataset))).round().astype(np.int64)
-    stats = _color_stats(checkpoint, agent, dataset.get(np.unique(rows), ["frames"])["frames"])
+    stats = _color_stats(checkpoint, agent, sample_frames(dataset))
     page = write_agent_report(
         agent,
         dataset,

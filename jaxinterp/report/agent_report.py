@@ -28,7 +28,14 @@ from jaxinterp.report.examples import top_strip, write_sheets
 from jaxinterp.report.featviz import visualize_layers
 from jaxinterp.report.objects import STRONG, write_object_response
 
-__all__ = ["DEFAULT_DIVERSITY", "DEFAULT_K", "REAL_FRAMES", "REPORT_FORMAT", "write_agent_report"]
+__all__ = [
+    "DEFAULT_DIVERSITY",
+    "DEFAULT_K",
+    "REAL_FRAMES",
+    "REPORT_FORMAT",
+    "sample_frames",
+    "write_agent_report",
+]
 
 REPORT_FORMAT = "jaxinterp.report/1"
 DEFAULT_K = 16
@@ -83,14 +90,13 @@ def write_agent_report(
     }
     state = _open_state(out, json.loads(json.dumps(settings)))
 
-    rows = np.linspace(0, len(dataset) - 1, min(real_frames, len(dataset))).round().astype(np.int64)
     featviz = visualize_layers(
         agent,
         layers,
         "all",
         steps=steps,
         color_matrix=color_matrix,
-        real_frames=dataset.get(np.unique(rows), ["frames"])["frames"],
+        real_frames=sample_frames(dataset, real_frames),
         seed=seed,
         out_dir=out / "featviz",
         progress=progress,
@@ -119,6 +125,12 @@ def write_agent_report(
     page = out / "index.html"
     page.write_text(_page(settings, sections))
     return page
+
+
+def sample_frames(dataset: Dataset, n: int = REAL_FRAMES) -> np.ndarray:
+    """Up to ``n`` frames evenly spaced over ``dataset`` (uint8): its episodes and levels, not its first minutes."""
+    rows = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(np.int64)
+    return dataset.get(np.unique(rows), ["frames"])["frames"]
 
 
 def _open_state(out: Path, settings: dict) -> dict:
