@@ -274,6 +274,7 @@ def cmd_report(args) -> None:
     checkpoint = Path(args.checkpoint or default_checkpoint())
     agent = _agent(args)
     out = Path(args.out)
+    layers = agent.check_layers(x for x in (args.layers or "").split(",") if x) or None  # before any rollout
     if args.dataset:
         dataset = Dataset(args.dataset)
     else:  # the agent's own play on unbounded easy levels, recorded once under OUT (resumable)
@@ -286,7 +287,7 @@ def cmd_report(args) -> None:
         agent,
         dataset,
         out,
-        layers=[x for x in args.layers.split(",") if x] if args.layers else None,
+        layers=layers,
         k=args.k,
         diversity=args.diversity,
         steps=args.steps,

@@ -64,6 +64,10 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
     assert (out / "index.html").read_text() == page
     capsys.readouterr()
 
+    # A wrong layer name is refused before anything is recorded.
+    assert main([*args[:3], "--layers", "conv9", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown layer 'conv9'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
     # Other settings in the same folder are refused in one line.
     assert main([*args[:-2], "--k", "8", "--out", str(out)]) == 2
     err = capsys.readouterr().err
