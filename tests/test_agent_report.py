@@ -4,10 +4,12 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 import jaxinterp
-import jaxinterp.envs.dataset
 from jaxinterp.cli import main
+from jaxinterp.envs.dataset import Dataset
+from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.objects import load_npz
 from jaxinterp.report import agent_report
 
@@ -49,7 +51,7 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
 
     # The max-in-play column is the channel's highest activation at any position of any recorded frame.
     agent = jaxinterp.load_agent(checkpoint)
-    frames = jaxinterp.envs.dataset.Dataset(out / "data").get(slice(None), ["frames"])["frames"]
+    frames = Dataset(out / "data").get(slice(None), ["frames"])["frames"]
     peak = np.asarray(agent.activations(frames, [LAYER])[LAYER]).max(axis=(0, 1, 2))
     np.testing.assert_allclose([c["max_in_play"] for c in section["channels"]], peak, rtol=1e-5, atol=1e-6)
     assert section["never_fired"] == np.sum(peak <= 0)
@@ -67,6 +69,10 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
     # A wrong layer name is refused before anything is recorded.
     assert main([*args[:3], "--layers", "conv9", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown layer 'conv9'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(JaxinterpError, match="hidden_fc has none"):
+        agent_report.write_agent_report(
+            agent, Dataset(out / "data"), tmp_path / "dense", layers=["hidden_fc"]
+        )
 
     # Other settings in the same folder are refused in one line.
     assert main([*args[:-2], "--k", "8", "--out", str(out)]) == 2

@@ -71,6 +71,12 @@ def write_agent_report(
     layers = list(agent.check_layers(layers if layers is not None else agent.arch.stage_outputs))
     if not layers:
         raise JaxinterpError("no layers to report on; pass layer names (see `jaxinterp info`)")
+    dense = [name for name in layers if name not in agent.conv_layer_names]
+    if dense:
+        raise JaxinterpError(
+            f"the report covers spatial layers (objects sit at positions); {', '.join(dense)} has none: "
+            f"use `jaxinterp examples` for it, or one of {', '.join(agent.conv_layer_names)}"
+        )
     if len(dataset) == 0:
         raise JaxinterpError(
             f"the dataset {dataset.path} has no frames; record some with `jaxinterp rollout`"
