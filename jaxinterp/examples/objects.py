@@ -52,7 +52,7 @@ class ObjectResponse(NamedTuple):
         Floor and wall cover most of every frame, so their scores stay near 0 by construction; the question is
         usually which small object a feature singles out.
         """
-        keep = [i for i, c in enumerate(self.classes) if c not in exclude and self.pixels[i] > 0]
+        keep = self._kept(exclude)
         if not keep:
             raise JaxinterpError(
                 f"no object class outside {list(exclude)} appears in these {self.num_frames} frames"
@@ -62,6 +62,22 @@ class ObjectResponse(NamedTuple):
         return [
             (int(i), self.classes[keep[t]], float(z[f, t])) for f, (i, t) in enumerate(zip(self.ids, top))
         ]
+
+    def ranked(
+        self, top: int = 3, exclude: Sequence[str] = ("floor", "wall")
+    ) -> list[list[tuple[str, float]]]:
+        """Per feature: its ``top`` object classes outside ``exclude`` (that appeared), as (class, z-score), the
+        highest first; NaN scores last."""
+        keep = self._kept(exclude)
+        out = []
+        for z in self.z[:, keep]:
+            order = np.argsort(-np.nan_to_num(z, nan=-np.inf))[:top]
+            out.append([(self.classes[keep[o]], float(z[o])) for o in order])
+        return out
+
+    def _kept(self, exclude: Sequence[str]) -> list[int]:
+        """Indices of the classes outside ``exclude`` that covered any pixel."""
+        return [i for i, c in enumerate(self.classes) if c not in exclude and self.pixels[i] > 0]
 
 
 def _block_coverage(objects: jax.Array, h: int, w: int) -> jax.Array:

@@ -25,7 +25,7 @@ from jaxinterp.featviz.engine import DEFAULT_STEPS
 from jaxinterp.models.agent import Agent
 from jaxinterp.report import images
 from jaxinterp.report.examples import top_strip, write_sheets
-from jaxinterp.report.featviz import visualize_layers
+from jaxinterp.report.featviz import visualize_layers, write_json
 from jaxinterp.report.objects import STRONG, write_object_response
 
 __all__ = [
@@ -127,7 +127,7 @@ def write_agent_report(
         _layer_numbers(agent, layer, featviz[layer], state["max_in_play"][layer], out) for layer in layers
     ]
     state["layers"] = sections
-    _write_json(out / "report.json", state)
+    write_json(out / "report.json", state)
     page = out / "index.html"
     page.write_text(_page(settings, sections))
     return page
@@ -157,19 +157,13 @@ def _open_state(out: Path, settings: dict) -> dict:
         return state
     out.mkdir(parents=True, exist_ok=True)
     state = {"settings": settings, "done": [], "max_in_play": {}}
-    _write_json(path, state)
+    write_json(path, state)
     return state
 
 
 def _mark_done(out: Path, state: dict, step: str) -> None:
     state["done"].append(step)
-    _write_json(out / "report.json", state)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(out / "report.json", state)
 
 
 def _layer_numbers(
@@ -179,13 +173,8 @@ def _layer_numbers(
     the channel's maximum in play."""
     stem = images.file_stem(layer)
     response: ObjectResponse = load_npz(out / "objects" / stem / "objects.npz")
-    keep = [
-        i for i, c in enumerate(response.classes) if c not in ("floor", "wall") and response.pixels[i] > 0
-    ]
     channels = []
-    for f, c in enumerate(response.ids.tolist()):
-        z = response.z[f, keep]
-        order = np.argsort(-np.nan_to_num(z, nan=-np.inf))[:TOP_OBJECTS]
+    for f, (c, ranked) in enumerate(zip(response.ids.tolist(), response.ranked(TOP_OBJECTS), strict=True)):
         v = featviz["channels"].index(c)
         channels.append(
             {
@@ -194,7 +183,7 @@ def _layer_numbers(
                 "real_p99": featviz["p99"][v],
                 "real_p999": featviz["p999"][v],
                 "max_in_play": max_in_play[f],
-                "objects": [[response.classes[keep[o]], float(z[o])] for o in order if np.isfinite(z[o])],
+                "objects": [[o, z] for o, z in ranked if np.isfinite(z)],
                 "featviz_png": f"featviz/{stem}/channel_{c:03d}.png",
                 "examples_png": f"examples/{stem}_{c:04d}.png",
                 "top_png": f"examples/{stem}_{c:04d}_top.png",

@@ -107,7 +107,8 @@ def _objectives(
     return full, target
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` whole or not at all (through a temporary file)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     tmp.replace(path)
@@ -296,7 +297,7 @@ def _one_layer(shared: _Shared, plan: _LayerPlan) -> dict[str, Any]:
         ):  # different settings: earlier results are stale (remove them before the new settings land)
             for old in [final_path, *(chunk_dir.glob("*.npz") if chunk_dir.exists() else ())]:
                 old.unlink(missing_ok=True)
-        _write_json(settings_path, settings)
+        write_json(settings_path, settings)
         chunk_dir.mkdir(exist_ok=True)
     for path in sorted(chunk_dir.glob("chunk_*.npz")) if (same and chunk_dir.exists()) else ():
         with np.load(path) as z:

@@ -40,7 +40,6 @@ at that position)."""
 
 def object_table(result: ObjectResponse, top: int = 3) -> str:
     """A markdown table: per feature, its ``top`` object classes (floor and wall left out) with their z-scores."""
-    keep = [i for i, c in enumerate(result.classes) if c not in ("floor", "wall") and result.pixels[i] > 0]
     lines = [
         f"{result.description}: position-matched z-scores over {result.num_frames:,} frames",
         "",
@@ -48,12 +47,9 @@ def object_table(result: ObjectResponse, top: int = 3) -> str:
         "|---|---|---|---|",
     ]
     floor, wall = result.classes.index("floor"), result.classes.index("wall")
-    for f, fid in enumerate(result.ids):
-        z = result.z[f, keep]
-        order = np.argsort(-np.nan_to_num(z, nan=-np.inf))[:top]
+    for f, (fid, ranked) in enumerate(zip(result.ids, result.ranked(top), strict=True)):
         best = ", ".join(
-            f"{'**' if z[o] >= STRONG else ''}{result.classes[keep[o]]} {z[o]:.2f}{'**' if z[o] >= STRONG else ''}"
-            for o in order
+            f"{'**' if z >= STRONG else ''}{c} {z:.2f}{'**' if z >= STRONG else ''}" for c, z in ranked
         )
         lines.append(f"| {fid} | {best} | {result.z[f, floor]:.2f} | {result.z[f, wall]:.2f} |")
     return "\n".join(lines) + "\n"
