@@ -114,10 +114,11 @@ def train(
     if init_from is not None and not saved.exists():
         run_meta["init_from"] = _fork(Path(init_from), run_dir, config)
     if saved.exists():
-        old = json.loads(saved.read_text())
-        if PPOConfig.from_dict(old["ppo"]).algorithm_dict() != config.algorithm_dict() or old["seed"] != seed:
+        run_meta = json.loads(saved.read_text())
+        ppo = PPOConfig.from_dict(run_meta["ppo"])
+        if ppo.algorithm_dict() != config.algorithm_dict() or run_meta["seed"] != seed:
             raise JaxinterpError(
-                f"{run_dir} holds a run with another config or seed ({old}); use a new --out directory "
+                f"{run_dir} holds a run with another config or seed ({run_meta}); use a new --out directory "
                 "or the same settings to resume it"
             )
     else:
@@ -131,7 +132,7 @@ def train(
     if (latest := ckpts.latest()) is not None:
         state, env_state, obs = ckpts.load(latest, state)
         env.set_state(env_state)
-    elif (source := json.loads(saved.read_text()).get("init_from")) is not None:
+    elif (source := run_meta.get("init_from")) is not None:
         state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], state)[0]
     log_path = run_dir / "metrics.jsonl"
     history = _read_log(log_path, upto=int(state.iteration))
@@ -215,10 +216,7 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
         raise JaxinterpError(f"--init-from {source}: it has no checkpoint yet")
     shutil.copytree(latest, run_dir / CHECKPOINTS / "init" / latest.name)
     iteration = int(latest.name.split("_")[1])
-    log = source / "metrics.jsonl"
-    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
-    rows = [r for r in rows if r["iteration"] <= iteration]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _write_log(run_dir / "metrics.jsonl", _log_rows(source / "metrics.jsonl", iteration))
     return {"run": source.as_posix(), "checkpoint": f"init/{latest.name}", "iteration": iteration}
 
 
@@ -230,13 +228,23 @@ def _mean(xs) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
-def _read_log(path: Path, upto: int) -> list[dict]:
-    """Rows logged up to the checkpointed iteration; later rows (from after the last checkpoint) are dropped."""
+def _log_rows(path: Path, upto: int) -> list[dict]:
+    """The rows of the metrics log ``path`` up to iteration ``upto``."""
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["iteration"] <= upto]
+    return [r for r in rows if r["iteration"] <= upto]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    """Rows logged up to the checkpointed iteration; later rows (from after the last checkpoint) are dropped."""
+    rows = _log_rows(path, upto)
+    if path.exists():
+        _write_log(path, rows)
     return rows
 
 
