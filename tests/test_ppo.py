@@ -16,7 +16,7 @@ from jaxinterp.agent.ppo import (
     make_train,
     minibatch_data,
 )
-from jaxinterp.agent.train import load_run_agent, train
+from jaxinterp.agent.train import _Checkpoints, load_run_agent, train
 from jaxinterp.errors import JaxinterpError
 
 TINY = PPOConfig(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=2)
@@ -180,6 +180,30 @@ def test_tiny_run_trains_end_to_end_and_resume_is_exact(tmp_path):
         dataclasses.replace(TINY, microbatch_size=2), tmp_path / "b", frames=frames, seed=3, progress=False
     )
     jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)
+
+
+def test_reading_the_latest_checkpoint_survives_its_rotation(tmp_path):
+    """A training run deletes older checkpoints as it saves; a reader whose checkpoint vanishes reads the new one."""
+    ckpts = _Checkpoints(tmp_path)
+    (ckpts.dir / "iter_000001").mkdir(parents=True)
+    read = []
+
+    def use(path):
+        read.append(path.name)
+        if path.name == "iter_000001":  # meanwhile the trainer saves iter 2 and deletes iter 1
+            (ckpts.dir / "iter_000002").mkdir()
+            path.rmdir()
+            raise FileNotFoundError(path)
+        return path.name
+
+    assert ckpts.with_latest(use) == "iter_000002" and read == ["iter_000001", "iter_000002"]
+
+    def broken(path):
+        raise ValueError("corrupt")
+
+    with pytest.raises(ValueError, match="corrupt"):  # a checkpoint that is still there failed on its own
+        ckpts.with_latest(broken)
+    assert _Checkpoints(tmp_path / "empty").with_latest(use) is None
 
 
 def test_a_forked_run_starts_from_its_source_with_another_config(tmp_path):

@@ -9,7 +9,9 @@ import json
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import jax
 import numpy as np
@@ -25,6 +27,7 @@ KEEP_CHECKPOINTS = 2
 EPISODE_WINDOW = 100  # episodes in the running return / success-rate average
 CURVE_WINDOW = 500  # episodes in the learning curve's smoother mean
 EPISODE_LIMIT = 1000  # Heist ends an episode after this many steps
+T = TypeVar("T")
 
 
 def heist_config(config: PPOConfig, seed: int) -> HeistConfig:
@@ -59,6 +62,21 @@ class _Checkpoints:
     def latest(self) -> Path | None:
         found = sorted(self.dir.glob("iter_*[0-9]")) if self.dir.exists() else []
         return found[-1] if found else None
+
+    def with_latest(self, use: Callable[[Path], T], attempts: int = 3) -> T | None:
+        """``use(latest checkpoint)``, or None if there is none. A run that is training meanwhile deletes its older
+        checkpoints as it saves new ones; if the one being read vanishes, read the new latest instead."""
+        for _ in range(attempts):
+            if (latest := self.latest()) is None:
+                return None
+            try:
+                return use(latest)
+            except Exception:
+                if latest.exists():
+                    raise
+        raise JaxinterpError(
+            f"{self.dir}: its latest checkpoint was replaced {attempts} times while being read; try again"
+        )
 
     def save(self, state: TrainState, env_state: HeistState, obs: np.ndarray) -> Path:
         import orbax.checkpoint as ocp
@@ -211,10 +229,14 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
         raise JaxinterpError(
             f"--init-from {source}: it trains {arch!r}, this run {config.arch!r}; use the same --arch"
         )
-    latest = _Checkpoints(source).latest()
+    def copy(latest: Path) -> Path:
+        shutil.rmtree(run_dir / CHECKPOINTS / "init", ignore_errors=True)  # a copy cut short by the source
+        shutil.copytree(latest, run_dir / CHECKPOINTS / "init" / latest.name)
+        return latest
+
+    latest = _Checkpoints(source).with_latest(copy)
     if latest is None:
         raise JaxinterpError(f"--init-from {source}: it has no checkpoint yet")
-    shutil.copytree(latest, run_dir / CHECKPOINTS / "init" / latest.name)
     iteration = int(latest.name.split("_")[1])
     _write_log(run_dir / "metrics.jsonl", _log_rows(source / "metrics.jsonl", iteration))
     return {"run": source.as_posix(), "checkpoint": f"init/{latest.name}", "iteration": iteration}
@@ -305,10 +327,11 @@ def load_run_agent(run_dir: str | Path) -> tuple[Agent, dict]:
         )
     meta = json.loads((run_dir / "config.json").read_text())
     config = PPOConfig.from_dict(meta["ppo"])
-    latest = _Checkpoints(run_dir).latest()
-    if latest is None:
-        raise JaxinterpError(f"{run_dir} has no checkpoint yet; let `jaxinterp train-agent` run longer")
     trainer = make_train(config)
-    state, _, _ = _Checkpoints.load(latest, trainer.init(jax.random.key(0)))
+    template = trainer.init(jax.random.key(0))
+    loaded = _Checkpoints(run_dir).with_latest(lambda latest: _Checkpoints.load(latest, template))
+    if loaded is None:
+        raise JaxinterpError(f"{run_dir} has no checkpoint yet; let `jaxinterp train-agent` run longer")
+    state = loaded[0]
     agent = Agent(trainer.agent.arch, state.params, num_actions=trainer.agent.num_actions)
     return agent, meta | {"frames": int(state.frames), "iteration": int(state.iteration)}
