@@ -42,12 +42,16 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
     for f, ch in enumerate(section["channels"]):
         best = keep[int(np.nanargmax(response.z[f, keep]))]
         assert ch["objects"][0] == [response.classes[best], float(response.z[f, best])]
-    # The featviz column is the visualization's own value and the real-frame percentile it is measured against.
-    with np.load(out / "featviz" / "conv_seqs_1_res_block1" / "images.npz") as z:
-        values, p999 = z["values"][-1].max(axis=1), z["percentiles"][1]
-    assert [c["featviz_value"] for c in section["channels"]] == values.tolist()
-    assert [c["real_p999"] for c in section["channels"]] == p999.tolist()
-    assert section["beat_p999"] == np.mean(values > p999)
+    # The featviz columns are each visualization's own value and the real-frame percentile it is measured against.
+    assert agent_report.VIEWS == {"featviz": "channel", "neuron": "neuron"}
+    for view in agent_report.VIEWS:
+        with np.load(out / view / "conv_seqs_1_res_block1" / "images.npz") as z:
+            values, p999 = z["values"][-1].max(axis=1), z["percentiles"][1]
+        assert [c[view]["value"] for c in section["channels"]] == values.tolist()
+        assert [c[view]["real_p999"] for c in section["channels"]] == p999.tolist()
+        assert section[view]["beat_p999"] == np.mean(values > p999)
+    settings = json.loads((out / "neuron" / "conv_seqs_1_res_block1" / "settings.json").read_text())
+    assert settings["objective"].startswith("neuron(")
 
     # The max-in-play column is the channel's highest activation at any position of any recorded frame.
     agent = jaxinterp.load_agent(checkpoint)

@@ -37,7 +37,7 @@ __all__ = [
     "write_agent_report",
 ]
 
-REPORT_FORMAT = "jaxinterp.report/1"
+REPORT_FORMAT = "jaxinterp.report/2"  # 2: the centre-neuron view
 DEFAULT_K = 16
 DEFAULT_DIVERSITY = 0.5
 """Examples are chosen with this cosine-similarity penalty: Heist frames look alike, and plain top-k fills a
@@ -45,6 +45,11 @@ channel's sheet with one object seen from neighbouring positions."""
 REAL_FRAMES = 1024
 """Dataset frames (evenly spaced) each visualization is measured against: its real-frame percentiles."""
 TOP_OBJECTS = 3
+VIEWS = {"featviz": "channel", "neuron": "neuron"}
+"""Each channel is visualized twice (output folder -> objective): driving its spatial mean up, and at the centre
+position only. Deep channels see most of the frame from every position, so an image that raises the mean must
+repeat an object everywhere it matters, which it often cannot: on the unfinished agent 2,048 steps left 7 of 8
+last-stage means below 0 while the centre neuron went above 0 for 7 of 8 (benchmarks/RESULTS.md)."""
 THUMB_PIXELS = 128
 """Height of the images in the per-channel table (the files themselves are larger: click to open)."""
 
@@ -96,17 +101,22 @@ def write_agent_report(
     }
     state = _open_state(out, json.loads(json.dumps(settings)))
 
-    featviz = visualize_layers(
-        agent,
-        layers,
-        "all",
-        steps=steps,
-        color_matrix=color_matrix,
-        real_frames=sample_frames(dataset, real_frames),
-        seed=seed,
-        out_dir=out / "featviz",
-        progress=progress,
-    )["layers"]
+    real = sample_frames(dataset, real_frames)
+    featviz = {
+        view: visualize_layers(
+            agent,
+            layers,
+            "all",
+            objective=objective,
+            steps=steps,
+            color_matrix=color_matrix,
+            real_frames=real,
+            seed=seed,
+            out_dir=out / view,
+            progress=progress,
+        )["layers"]
+        for view, objective in VIEWS.items()
+    }
     for layer in layers:
         stem = images.file_stem(layer)
         if f"examples:{layer}" not in state["done"]:
@@ -124,7 +134,10 @@ def write_agent_report(
             _mark_done(out, state, f"objects:{layer}")
 
     sections = [
-        _layer_numbers(agent, layer, featviz[layer], state["max_in_play"][layer], out) for layer in layers
+        _layer_numbers(
+            agent, layer, {view: featviz[view][layer] for view in VIEWS}, state["max_in_play"][layer], out
+        )
+        for layer in layers
     ]
     state["layers"] = sections
     write_json(out / "report.json", state)
@@ -167,24 +180,29 @@ def _mark_done(out: Path, state: dict, step: str) -> None:
 
 
 def _layer_numbers(
-    agent: Agent, layer: str, featviz: dict[str, Any], max_in_play: list[float], out: Path
+    agent: Agent, layer: str, featviz: dict[str, dict[str, Any]], max_in_play: list[float], out: Path
 ) -> dict[str, Any]:
-    """What the page shows of one layer, per channel: images, featviz value against real frames, objects, and
-    the channel's maximum in play."""
+    """What the page shows of one layer, per channel: images and their values against real frames (per view of
+    `VIEWS`), objects, and the channel's maximum in play."""
     stem = images.file_stem(layer)
     response: ObjectResponse = load_npz(out / "objects" / stem / "objects.npz")
     channels = []
     for f, (c, ranked) in enumerate(zip(response.ids.tolist(), response.ranked(TOP_OBJECTS), strict=True)):
-        v = featviz["channels"].index(c)
+        views = {}
+        for view, summary in featviz.items():
+            v = summary["channels"].index(c)
+            views[view] = {
+                "value": summary["values"][v],
+                "real_p99": summary["p99"][v],
+                "real_p999": summary["p999"][v],
+                "png": f"{view}/{stem}/channel_{c:03d}.png",
+            }
         channels.append(
             {
                 "channel": c,
-                "featviz_value": featviz["values"][v],
-                "real_p99": featviz["p99"][v],
-                "real_p999": featviz["p999"][v],
+                **views,
                 "max_in_play": max_in_play[f],
                 "objects": [[o, z] for o, z in ranked if np.isfinite(z)],
-                "featviz_png": f"featviz/{stem}/channel_{c:03d}.png",
                 "examples_png": f"examples/{stem}_{c:04d}.png",
                 "top_png": f"examples/{stem}_{c:04d}_top.png",
             }
@@ -192,12 +210,17 @@ def _layer_numbers(
     return {
         "layer": layer,
         "shape": list(agent.layer_shapes[layer]),
-        "beat_p99": featviz["beat_p99"],
-        "beat_p999": featviz["beat_p999"],
+        **{
+            view: {
+                "beat_p99": summary["beat_p99"],
+                "beat_p999": summary["beat_p999"],
+                "sheet": f"{view}/{stem}/sheet.png",
+            }
+            for view, summary in featviz.items()
+        },
         "never_fired": sum(ch["max_in_play"] <= 0 for ch in channels),
         "strong_objects": sum(bool(ch["objects"]) and ch["objects"][0][1] >= STRONG for ch in channels),
         "frames": response.num_frames,
-        "featviz_sheet": f"featviz/{stem}/sheet.png",
         "examples_overview": f"examples/{stem}_overview.png",
         "objects_png": f"objects/{stem}/objects.png",
         "objects_md": f"objects/{stem}/objects.md",
@@ -222,8 +245,9 @@ def _page(settings: dict, sections: list[dict]) -> str:
         f"<h1>What the channels of {e(agent['source'] or 'this agent')} see</h1>",
         (
             f"<p>{e(agent['arch'])} (weights {e(agent['params'])}); {data['frames']:,} frames of play from "
-            f"<code>{e(data['path'])}</code>. Per channel: its feature visualization ({settings['steps']} steps; the "
-            "image that drives the channel's mean activation up), its top dataset examples (diversity "
+            f"<code>{e(data['path'])}</code>. Per channel: its feature visualizations ({settings['steps']} steps; the "
+            "image that drives the channel's mean activation up, and the one that drives it up at the centre "
+            "position only), its top dataset examples (diversity "
             f"{settings['diversity']:g}; click for the full sheet with the least activating ones) and the game objects "
             f"it responds to (position-matched z-scores; <b>bold</b>: z &ge; {STRONG:g}).</p>"
         ),
@@ -237,16 +261,20 @@ def _page(settings: dict, sections: list[dict]) -> str:
         parts += [
             f"<h2 id='{e(images.file_stem(s['layer']))}'>{e(s['layer'])} <small>({shape})</small></h2>",
             (
-                f"<p>Feature visualizations beat the channel's real-frame 99th percentile for {s['beat_p99']:.0%} of "
-                f"the {n} channels and the 99.9th for {s['beat_p999']:.0%}; {s['never_fired']} channels never exceed 0 "
-                f"at any position of the {s['frames']:,} frames; {s['strong_objects']} respond strongly to an object. "
-                f"<a href='{s['featviz_sheet']}'>visualization sheet</a> · "
+                f"<p>Feature visualizations beat the channel's real-frame 99th / 99.9th percentile for "
+                f"{s['featviz']['beat_p99']:.0%} / {s['featviz']['beat_p999']:.0%} of the {n} channels (mean), "
+                f"{s['neuron']['beat_p99']:.0%} / {s['neuron']['beat_p999']:.0%} (centre); {s['never_fired']} "
+                f"channels never exceed 0 at any position of the {s['frames']:,} frames; {s['strong_objects']} "
+                "respond strongly to an object. "
+                f"<a href='{s['featviz']['sheet']}'>visualization sheet</a> · "
+                f"<a href='{s['neuron']['sheet']}'>centre-neuron sheet</a> · "
                 f"<a href='{s['examples_overview']}'>examples overview</a> · "
                 f"<a href='{s['objects_png']}'>objects heatmap</a> · <a href='{s['objects_md']}'>objects table</a></p>"
             ),
             (
-                "<table><tr><th>channel</th><th>wants to see</th><th>responds to in play (top examples)</th>"
-                "<th>objects (z)</th><th class='num'>image / real p99.9 (channel mean)</th>"
+                "<table><tr><th>channel</th><th>wants to see (mean)</th><th>(centre)</th>"
+                "<th>responds to in play (top examples)</th><th>objects (z)</th>"
+                "<th class='num'>image / real p99.9: mean; centre</th>"
                 "<th class='num'>max in play (any position)</th></tr>"
             ),
         ]
@@ -255,12 +283,17 @@ def _page(settings: dict, sections: list[dict]) -> str:
                 f"<span class='strong'>{e(o)} {z:.2f}</span>" if z >= STRONG else f"{e(o)} {z:.2f}"
                 for o, z in ch["objects"]
             )
+            mean, centre = ch["featviz"], ch["neuron"]
             parts.append(
                 f"<tr><td class='num'>{ch['channel']}</td>"
-                f"<td><a href='{ch['featviz_png']}'><img src='{ch['featviz_png']}' height={THUMB_PIXELS}></a></td>"
-                f"<td><a href='{ch['examples_png']}'><img src='{ch['top_png']}' height={THUMB_PIXELS // 2}></a></td>"
+                + "".join(
+                    f"<td><a href='{v['png']}'><img src='{v['png']}' height={THUMB_PIXELS}></a></td>"
+                    for v in (mean, centre)
+                )
+                + f"<td><a href='{ch['examples_png']}'><img src='{ch['top_png']}' height={THUMB_PIXELS // 2}></a></td>"
                 f"<td>{objs or '-'}</td>"
-                f"<td class='num'>{ch['featviz_value']:.3g} / {ch['real_p999']:.3g}</td>"
+                f"<td class='num'>{mean['value']:.3g} / {mean['real_p999']:.3g};<br>"
+                f"{centre['value']:.3g} / {centre['real_p999']:.3g}</td>"
                 f"<td class='num'>{ch['max_in_play']:.3g}</td></tr>"
             )
         parts.append("</table>")
