@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One sitting of the default agent's training run (training/heist-impala) on a lent GPU machine, prepared so that a
+# session with a device spends its few minutes training, not setting up. The device has JAX, flax, optax, orbax,
+# safetensors, pillow, tqdm and matplotlib but no procgen: first, here, fetch its wheels into .whl/ (git-ignored):
+#   echo /.whl/ >> .git/info/exclude; bash ../shared/device/procgen-wheels.sh .whl
+# keep one checkpoint in training/heist-impala/checkpoints (the working tree travels: 64 MiB in all), then run
+#   bash training/gpu_sitting.sh [SECONDS]        (device `run`, carry [".whl"], timeout_s 600)
+# It resumes the run for SECONDS (default 480), stops it with SIGTERM (the trainer checkpoints on exit) and packs
+# the newest checkpoint, metrics and curve into $OUT/heist-impala.tar; unpack that over training/heist-impala here:
+#   rm -r training/heist-impala/checkpoints/iter_*; tar -xf FILES_AT/heist-impala.tar -C training/heist-impala
+# Without .whl/ (here, under `uv run`) it uses the installed packages, which is how it is checked on CPU.
+set -euo pipefail
+budget=${1:-480}
+run=training/heist-impala
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+python3 -c "import jax; print('devices:', jax.devices())"
+# The run's own command (README, "The default agent"); checkpoints every 2 minutes so a cut-off call loses little.
+timeout --signal=TERM --kill-after=120 "$budget" python3 -m jaxinterp.cli train-agent --frames 25000000 \
+  --out "$run" --config num_minibatches=32,update_epochs=1 --checkpoint-every 120 || true
+latest=$(basename "$(ls -d "$run"/checkpoints/iter_* | tail -1)")
+tar -cf "${OUT:?set OUT to the folder that comes back}/heist-impala.tar" -C "$run" \
+  "checkpoints/$latest" metrics.jsonl learning_curve.png
+echo "packed $latest"
+tail -n 2 "$run/metrics.jsonl" | cut -c1-200
