@@ -229,6 +229,7 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
         raise JaxinterpError(
             f"--init-from {source}: it trains {arch!r}, this run {config.arch!r}; use the same --arch"
         )
+
     def copy(latest: Path) -> Path:
         shutil.rmtree(run_dir / CHECKPOINTS / "init", ignore_errors=True)  # a copy cut short by the source
         shutil.copytree(latest, run_dir / CHECKPOINTS / "init" / latest.name)
