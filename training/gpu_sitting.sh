@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # One sitting of the default agent's training run (training/heist-impala) on a lent GPU machine, prepared so that a
 # session with a device spends its few minutes training, not setting up. The device has JAX, flax, optax, orbax,
-# safetensors, pillow, tqdm and matplotlib but no procgen: first, here, fetch its wheels into .whl/ (git-ignored):
+# safetensors, pillow, tqdm and matplotlib but no procgen, nor the libGL and glib that procgen's bundled Qt loads:
+# first, here, fetch procgen's wheels into .whl/ and those two libraries' Debian packages into .gl/ (git-ignored):
 #   echo /.whl/ >> .git/info/exclude; bash ../shared/device/procgen-wheels.sh .whl
+#   echo /.gl/ >> .git/info/exclude; mkdir -p .gl /tmp/amd64/partial
+#   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'; apt-get $o update
+#   (cd .gl && apt-get $o download libgl1 libglx0 libglvnd0 libglib2.0-0)
 # keep one checkpoint in training/heist-impala/checkpoints (the working tree travels: 64 MiB in all), then run
-#   bash training/gpu_sitting.sh [SECONDS]        (device `run`, carry [".whl"], timeout_s 600)
+#   bash training/gpu_sitting.sh [SECONDS]        (device `run`, carry [".whl", ".gl"], timeout_s 600)
 # It resumes the run for SECONDS (default 480), stops it with SIGTERM (the trainer checkpoints on exit) and packs
 # the newest checkpoint, metrics and curve into $OUT/heist-impala.tar; unpack that over training/heist-impala here:
 #   rm -r training/heist-impala/checkpoints/iter_*; tar -xf FILES_AT/heist-impala.tar -C training/heist-impala
@@ -15,6 +19,10 @@ run=training/heist-impala
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
+fi
+if [ -d .gl ]; then  # unpacked beside the system, not over it, and found through LD_LIBRARY_PATH
+  for f in .gl/*.deb; do dpkg -x "$f" /tmp/gl; done
+  export LD_LIBRARY_PATH=/tmp/gl/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 export PYTHONUNBUFFERED=1
 python3 -c "import jax; print('devices:', jax.devices())"
