@@ -216,3 +216,27 @@ def test_visualize_entry_exposes_one_cpu_device_per_core(preset):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     cores = len(os.sched_getaffinity(0))
     assert int(out.stdout.split()[-1]) == (3 if preset else cores)  # a count the user set is left alone
+
+
+@pytest.mark.parametrize("setting", ["dir", "off", "jax"])
+def test_entry_keeps_compiled_programs_on_disk(tmp_path, setting):
+    import os
+    import subprocess
+    import sys
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "JAXINTERP_"))}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # keep even this small program
+    env["JAXINTERP_COMPILE_CACHE"] = "off" if setting == "off" else str(ours)
+    if setting == "jax":
+        env["JAX_COMPILATION_CACHE_DIR"] = str(theirs)  # the user's own JAX setting wins
+    code = (
+        "from jaxinterp.cli import _persistent_compile_cache as f; f(); import jax, jax.numpy as jnp;"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    kept = {
+        name: len(list(d.glob("*"))) if d.exists() else 0 for name, d in (("ours", ours), ("theirs", theirs))
+    }
+    expected = {"dir": ("ours",), "off": (), "jax": ("theirs",)}[setting]
+    assert {name for name, n in kept.items() if n} == set(expected)
