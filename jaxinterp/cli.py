@@ -230,11 +230,27 @@ def _color_stats(checkpoint: Path, agent: Agent, frames: np.ndarray):
     return stats
 
 
+def _transforms(args):
+    """The transform spec of `visualize`'s flags: the standard chain, its jitter replaced by ``--jitter``, or none."""
+    from jaxinterp.featviz import transforms as tf
+
+    if args.jitter is None:
+        return not args.no_transforms
+    if args.no_transforms:
+        raise JaxinterpError("--jitter has no effect with --no-transforms; drop one of them")
+    try:
+        jitters = tuple(int(x) for x in args.jitter.split(","))
+    except ValueError:
+        raise JaxinterpError(f"--jitter {args.jitter!r}: give crop sizes in px, e.g. 16,8 or 8,4") from None
+    return tf.Transform(jitters=jitters)
+
+
 def cmd_visualize(args) -> None:
     from jaxinterp.agent.export import agent_frames
     from jaxinterp.report.featviz import visualize_layers
     from jaxinterp.weights.store import default_checkpoint
 
+    transforms = _transforms(args)  # before the slow part, so bad flags fail at once
     checkpoint = Path(args.checkpoint or default_checkpoint())
     agent = _agent(args)
     if args.all_layers:
@@ -257,7 +273,7 @@ def cmd_visualize(args) -> None:
         basis=args.basis,
         decorrelate=not args.no_decorrelate,
         color_matrix=stats.matrix,
-        transforms=not args.no_transforms,
+        transforms=transforms,
         tv=args.tv,
         l2=args.l2,
         diversity=args.diversity,
@@ -442,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--basis", default="fft", choices=["fft", "pixel"])
     v.add_argument("--no-decorrelate", action="store_true")
     v.add_argument("--no-transforms", action="store_true")
+    v.add_argument(
+        "--jitter",
+        help="jitter crop sizes in px, before and after scale/rotation (default 16,8; 8,4 suits --objective neuron)",
+    )
     v.add_argument("--tv", type=float, default=0.0)
     v.add_argument("--l2", type=float, default=0.0)
     v.add_argument("--diversity", type=float, default=0.0, help="facet diversity weight (needs --facets > 1)")

@@ -11,6 +11,7 @@ from jaxinterp.cli import main
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.objects import load_npz
+from jaxinterp.featviz import transforms as tf
 from jaxinterp.report import agent_report
 
 LAYER = "conv_seqs.1.res_block1"
@@ -43,7 +44,10 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
         best = keep[int(np.nanargmax(response.z[f, keep]))]
         assert ch["objects"][0] == [response.classes[best], float(response.z[f, best])]
     # The featviz columns are each visualization's own value and the real-frame percentile it is measured against.
-    assert agent_report.VIEWS == {"featviz": "channel", "neuron": "neuron"}
+    assert {view: objective for view, (objective, _) in agent_report.VIEWS.items()} == {
+        "featviz": "channel",
+        "neuron": "neuron",
+    }
     for view in agent_report.VIEWS:
         with np.load(out / view / "conv_seqs_1_res_block1" / "images.npz") as z:
             values, p999 = z["values"][-1].max(axis=1), z["percentiles"][1]
@@ -52,6 +56,7 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
         assert section[view]["beat_p999"] == np.mean(values > p999)
     settings = json.loads((out / "neuron" / "conv_seqs_1_res_block1" / "settings.json").read_text())
     assert settings["objective"].startswith("neuron(")
+    assert settings["transforms"]["jitters"] == list(tf.NEURON_JITTERS) != list(tf.DEFAULT_JITTERS)
 
     # The max-in-play column is the channel's highest activation at any position of any recorded frame.
     agent = jaxinterp.load_agent(checkpoint)

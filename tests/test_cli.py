@@ -201,6 +201,17 @@ def test_visualize_writes_pngs_sheet_and_npz(checkpoint, tmp_path, monkeypatch, 
     assert "p99" in capsys.readouterr().out
     assert main(args[:5] + ["--channels", "99", "--out", str(out)]) == 2
     assert "99" in capsys.readouterr().err
+    # --jitter replaces the standard chain's jitter only; nonsense and a contradiction are one-line errors.
+    assert main([*args[:-1], str(tmp_path / "j"), "--channels", "0", "--jitter", "8,4"]) == 0
+    settings = json.loads((tmp_path / "j" / "conv_seqs_1_res_block1" / "settings.json").read_text())
+    assert settings["transforms"]["jitters"] == [8, 4] and settings["transforms"]["pad"] == 16
+    capsys.readouterr()
+    for bad, said in (
+        (["--jitter", "eight"], "crop sizes"),
+        (["--jitter", "8,4", "--no-transforms"], "drop one"),
+    ):
+        assert main([*args, *bad]) == 2
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("preset", [None, "--xla_force_host_platform_device_count=3"])

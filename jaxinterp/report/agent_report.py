@@ -21,6 +21,7 @@ from jaxinterp.envs.dataset import Dataset
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.find import find_examples
 from jaxinterp.examples.objects import ObjectResponse, load_npz, object_response
+from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.engine import DEFAULT_STEPS
 from jaxinterp.models.agent import Agent
 from jaxinterp.report import images
@@ -37,7 +38,7 @@ __all__ = [
     "write_agent_report",
 ]
 
-REPORT_FORMAT = "jaxinterp.report/2"  # 2: the centre-neuron view
+REPORT_FORMAT = "jaxinterp.report/3"  # 2: the centre-neuron view; 3: its smaller jitter
 DEFAULT_K = 16
 DEFAULT_DIVERSITY = 0.5
 """Examples are chosen with this cosine-similarity penalty: Heist frames look alike, and plain top-k fills a
@@ -45,11 +46,15 @@ channel's sheet with one object seen from neighbouring positions."""
 REAL_FRAMES = 1024
 """Dataset frames (evenly spaced) each visualization is measured against: its real-frame percentiles."""
 TOP_OBJECTS = 3
-VIEWS = {"featviz": "channel", "neuron": "neuron"}
-"""Each channel is visualized twice (output folder -> objective): driving its spatial mean up, and at the centre
-position only. Deep channels see most of the frame from every position, so an image that raises the mean must
-repeat an object everywhere it matters, which it often cannot: on the unfinished agent 2,048 steps left 7 of 8
-last-stage means below 0 while the centre neuron went above 0 for 7 of 8 (benchmarks/RESULTS.md)."""
+VIEWS = {
+    "featviz": ("channel", tf.standard_transforms()),
+    "neuron": ("neuron", tf.Transform(jitters=tf.NEURON_JITTERS)),
+}
+"""Each channel is visualized twice (output folder -> objective, transforms): driving its spatial mean up, and at
+the centre position only. Deep channels see most of the frame from every position, so an image that raises the
+mean must repeat an object everywhere it matters, which it often cannot: on the unfinished agent 2,048 steps left
+7 of 8 last-stage means below 0 while the centre neuron went above 0 for 7 of 8 (benchmarks/RESULTS.md). The
+centre view jitters less (`transforms.NEURON_JITTERS`), so that the position stays under what the image draws."""
 THUMB_PIXELS = 128
 """Height of the images in the per-channel table (the files themselves are larger: click to open)."""
 
@@ -108,6 +113,7 @@ def write_agent_report(
             layers,
             "all",
             objective=objective,
+            transforms=transforms,
             steps=steps,
             color_matrix=color_matrix,
             real_frames=real,
@@ -115,7 +121,7 @@ def write_agent_report(
             out_dir=out / view,
             progress=progress,
         )["layers"]
-        for view, objective in VIEWS.items()
+        for view, (objective, transforms) in VIEWS.items()
     }
     for layer in layers:
         stem = images.file_stem(layer)
