@@ -508,7 +508,7 @@ COMPILE_CACHE_BYTES = 2**30
 
 def _persistent_compile_cache() -> None:
     """Keep compiled XLA programs on disk, so that running a command again skips most of its compiling (a 4-channel
-    ``visualize`` on the 2-core CPU: 31 s the first time, 18-21 s after; see `benchmarks/RESULTS.md`).
+    ``visualize`` on the 2-core CPU: 26-28 s the first time, 14-15 s after; see `benchmarks/RESULTS.md`).
 
     Where: ``JAXINTERP_COMPILE_CACHE`` (``off`` turns it off), else ``~/.cache/jaxinterp/xla``; a
     ``JAX_COMPILATION_CACHE_DIR`` the user set is left to JAX. Only programs that took over a second to compile
