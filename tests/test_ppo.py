@@ -216,7 +216,12 @@ def test_a_forked_run_starts_from_its_source_with_another_config(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, fork.params, first.params)
     assert int(fork.frames) == 16 and int(fork.iteration) == 1
     meta = json.loads((tmp_path / "fork" / "config.json").read_text())
-    assert meta["init_from"] == {"run": source.as_posix(), "checkpoint": "init/iter_000001", "iteration": 1}
+    assert meta["init_from"] == {
+        "run": source.as_posix(),
+        "checkpoint": "init/iter_000001",
+        "iteration": 1,
+        "num_envs": TINY.num_envs,
+    }
     assert meta["ppo"]["lr"] == 1e-3 and not (tmp_path / "fork" / "checkpoints" / "init").exists()
     on = train(other, tmp_path / "fork", frames=32, seed=3, progress=False)  # then trains on, resumable
     assert int(on.frames) == 32 and not np.allclose(
@@ -224,6 +229,12 @@ def test_a_forked_run_starts_from_its_source_with_another_config(tmp_path):
     )
     rows = [json.loads(x) for x in (tmp_path / "fork" / "metrics.jsonl").read_text().splitlines()]
     assert [r["frames"] for r in rows] == [16, 32]  # the source's history, then the fork's
+    # Another number of envs: the normalizer's statistics carry over, the fresh envs' running returns start at 0.
+    wide = dataclasses.replace(TINY, num_envs=2 * TINY.num_envs, num_steps=TINY.num_steps // 2)
+    forked = train(wide, tmp_path / "wide", frames=16, seed=3, progress=False, init_from=source)
+    assert forked.normalizer.returns.shape == (wide.num_envs,) and not forked.normalizer.returns.any()
+    np.testing.assert_array_equal(forked.normalizer.var, first.normalizer.var)
+    assert int(train(wide, tmp_path / "wide", frames=32, seed=3, progress=False).frames) == 32
     with pytest.raises(JaxinterpError, match="same --arch"):
         train(
             dataclasses.replace(TINY, arch="interpretable-cnn"),

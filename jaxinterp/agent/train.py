@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxinterp.agent.ppo import PPOConfig, Trainer, TrainState, Transition, make_train
+from jaxinterp.agent.ppo import PPOConfig, RewardNormalizer, Trainer, TrainState, Transition, make_train
 from jaxinterp.envs.heist import HeistConfig, HeistEnv, HeistState
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
@@ -151,7 +151,12 @@ def train(
         state, env_state, obs = ckpts.load(latest, state)
         env.set_state(env_state)
     elif (source := run_meta.get("init_from")) is not None:
-        state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], state)[0]
+        # The source may step another number of envs; the fork's envs are fresh, so each starts its running
+        # discounted return at zero while the normalizer's statistics carry over.
+        n_source = source.get("num_envs", config.num_envs)
+        template = state._replace(normalizer=RewardNormalizer.create(n_source))
+        state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], template)[0]
+        state = state._replace(normalizer=state.normalizer._replace(returns=np.zeros(config.num_envs)))
     log_path = run_dir / "metrics.jsonl"
     history = _read_log(log_path, upto=int(state.iteration))
     recent = collections.deque(maxlen=EPISODE_WINDOW)
@@ -225,7 +230,8 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
     if not (source / "config.json").exists():
         raise JaxinterpError(f"--init-from {source}: not a training run (no config.json)")
     meta = json.loads((source / "config.json").read_text())
-    if (arch := PPOConfig.from_dict(meta["ppo"]).arch) != config.arch:
+    source_config = PPOConfig.from_dict(meta["ppo"])
+    if (arch := source_config.arch) != config.arch:
         raise JaxinterpError(
             f"--init-from {source}: it trains {arch!r}, this run {config.arch!r}; use the same --arch"
         )
@@ -240,7 +246,12 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
         raise JaxinterpError(f"--init-from {source}: it has no checkpoint yet")
     iteration = int(latest.name.split("_")[1])
     _write_log(run_dir / "metrics.jsonl", _log_rows(source / "metrics.jsonl", iteration))
-    return {"run": source.as_posix(), "checkpoint": f"init/{latest.name}", "iteration": iteration}
+    return {
+        "run": source.as_posix(),
+        "checkpoint": f"init/{latest.name}",
+        "iteration": iteration,
+        "num_envs": source_config.num_envs,
+    }
 
 
 def _raise_interrupt(*_):
