@@ -7,15 +7,17 @@
 #   echo /.gl/ >> .git/info/exclude; mkdir -p .gl /tmp/amd64/partial
 #   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'; apt-get $o update
 #   (cd .gl && apt-get $o download libgl1 libglx0 libglvnd0 libglib2.0-0)
-# keep one checkpoint in training/heist-impala/checkpoints (the working tree travels: 64 MiB in all), then run
-#   bash training/gpu_sitting.sh [SECONDS]        (device `run`, carry [".whl", ".gl"], timeout_s 600)
-# It resumes the run for SECONDS (default 480), stops it with SIGTERM (the trainer checkpoints on exit) and packs
-# the newest checkpoint, metrics and curve into $OUT/heist-impala.tar; unpack that over training/heist-impala here:
-#   rm -r training/heist-impala/checkpoints/iter_*; tar -xf FILES_AT/heist-impala.tar -C training/heist-impala
+# keep one checkpoint in the run's checkpoints/ (the working tree travels: 64 MiB in all), then run
+#   bash training/gpu_sitting.sh [SECONDS] [RUN] [FRAMES]   (device `run`, carry [".whl", ".gl"], timeout_s 600)
+# It resumes RUN (default training/heist-impala; its config is read from RUN/config.json) for SECONDS (default
+# 480) or until FRAMES in total (default 100M), stops it with SIGTERM (the trainer checkpoints on exit) and packs
+# the newest checkpoint, metrics and curve into $OUT/NAME.tar (NAME: RUN's folder name); unpack it over RUN here:
+#   rm -r RUN/checkpoints/iter_*; tar -xf FILES_AT/NAME.tar -C RUN
 # Without .whl/ (here, under `uv run`) it uses the installed packages, which is how it is checked on CPU.
 set -euo pipefail
 budget=${1:-480}
-run=training/heist-impala
+run=${2:-training/heist-impala}
+frames=${3:-100000000}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -26,11 +28,17 @@ if [ -d .gl ]; then  # unpacked beside the system, not over it, and found throug
 fi
 export PYTHONUNBUFFERED=1
 python3 -c "import jax; print('devices:', jax.devices())"
-# The run's own command (README, "The default agent"); checkpoints every 2 minutes so a cut-off call loses little.
-timeout --signal=TERM --kill-after=120 "$budget" python3 -m jaxinterp.cli train-agent --frames 25000000 \
-  --out "$run" --config num_minibatches=32,update_epochs=1 --checkpoint-every 120 || true
+# The run's own config (a run resumes only with it; the compute settings are left to pick the GPU's own);
+# checkpoints every 2 minutes so a cut-off call loses little.
+read -r config seed < <(python3 -c 'import json, sys
+meta = json.load(open(sys.argv[1]))
+skip = ("microbatch_size", "devices")
+print(",".join(f"{k}={json.dumps(v)}" for k, v in meta["ppo"].items() if k not in skip), meta["seed"])' \
+  "$run/config.json")
+timeout --signal=TERM --kill-after=120 "$budget" python3 -m jaxinterp.cli train-agent --frames "$frames" \
+  --out "$run" --config "$config" --seed "$seed" --checkpoint-every 120 || true
 latest=$(basename "$(ls -d "$run"/checkpoints/iter_* | tail -1)")
-tar -cf "${OUT:?set OUT to the folder that comes back}/heist-impala.tar" -C "$run" \
+tar -cf "${OUT:?set OUT to the folder that comes back}/$(basename "$run").tar" -C "$run" \
   "checkpoints/$latest" metrics.jsonl learning_curve.png
 echo "packed $latest"
 tail -n 2 "$run/metrics.jsonl" | cut -c1-200
