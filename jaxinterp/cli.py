@@ -55,11 +55,6 @@ def _load(path) -> Agent:
     """An agent from weights (a file or a saved orbax directory) or a training run directory (its latest policy)."""
     from jaxinterp.weights.store import load_agent
 
-    path = Path(path)
-    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-        from jaxinterp.agent.train import load_run_agent
-
-        return load_run_agent(path)[0]
     return load_agent(path)
 
 
@@ -154,6 +149,15 @@ def cmd_examples(args) -> None:
         progress=True,
     )
     paths = write_sheets(result, args.out, object_maps=dataset)  # names the game object under every patch
+    if args.spatial:
+        from tqdm import tqdm
+
+        from jaxinterp.examples.spatial import spatial_examples
+        from jaxinterp.report.examples import write_spatial
+
+        with tqdm(total=len(dataset), unit="frame", desc=f"spatial {args.layer}") as bar:
+            mosaics = spatial_examples(agent, args.layer, dataset, channels=channels, progress=bar.update)
+        paths += write_spatial(mosaics, args.out, reuse=args.reuse)
     print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
 
 
@@ -402,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--diversity", type=float, default=0.0, help="cosine-similarity penalty weight (0: top-k)"
     )
     ex.add_argument("--diversity-on", default="activations", choices=["activations", "pixels"])
+    ex.add_argument(
+        "--spatial",
+        action="store_true",
+        help="also draw each channel's spatial mosaic: at every position, the frame that excites it most there",
+    )
+    ex.add_argument(
+        "--reuse", type=int, help="cells one episode may fill in a mosaic (--spatial; default: a sixteenth)"
+    )
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=cmd_examples)
 

@@ -30,10 +30,11 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
     links = set(re.findall(r"(?:src|href)='([^'#]+)'", page))
     assert links and all((out / link).is_file() for link in links), sorted(links)
     state = json.loads((out / "report.json").read_text())
-    assert state["done"] == [f"examples:{LAYER}", f"objects:{LAYER}"]
+    assert state["done"] == [f"examples:{LAYER}", f"spatial:{LAYER}", f"objects:{LAYER}"]
     (section,) = state["layers"]
     assert [c["channel"] for c in section["channels"]] == list(range(32))
     assert all(f"channel_{c:03d}.png" in page for c in range(32))
+    assert all(f"conv_seqs_1_res_block1_{c:04d}_spatial.png" in page for c in range(32))
 
     # The objects column is the object-response file's ranking (floor and wall left out).
     response = load_npz(out / "objects" / "conv_seqs_1_res_block1" / "objects.npz")
@@ -71,6 +72,7 @@ def test_report_shows_every_channel_and_resumes(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(agent_report, "find_examples", fail)
     monkeypatch.setattr(agent_report, "object_response", fail)
+    monkeypatch.setattr(agent_report, "spatial_examples", fail)
     assert main(args) == 0
     assert (out / "index.html").read_text() == page
     capsys.readouterr()

@@ -108,7 +108,7 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     card = json.loads((tmp_path / "w" / "tiny.card.json").read_text())
     assert card["frames_trained"] == 16 and card["architecture"] == "impala"
     assert set(card["evaluation"]) >= {"agent", "random"} and len(card["color_stats"]["matrix"]) == 3
-    trained, _ = jaxinterp.agent.train.load_run_agent(run)
+    trained = jaxinterp.load_agent(run)  # a run directory stands for its latest policy, in Python too
     for suffix in (".pt", ".safetensors"):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
         np.testing.assert_allclose(exported(heist_frames)[0], trained(heist_frames)[0], atol=1e-5)
@@ -136,6 +136,9 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
         "conv_seqs_1_res_block1_0001.png",
         "conv_seqs_1_res_block1_overview.png",
     ]
+    assert main([*examples.split(), "--channels", "1", "--k", "4", "--spatial", "--reuse", "2"]) == 0
+    assert (out / "conv_seqs_1_res_block1_0001_spatial.png").is_file()
+    assert (out / "conv_seqs_1_res_block1_spatial.png").is_file()
     assert main([*examples.split(), "--channels", "40"]) == 2
     assert "out of range" in capsys.readouterr().err
     att = tmp_path / "att"

@@ -1,8 +1,8 @@
 """One report per agent: for each chosen layer, every channel's feature visualization beside its top dataset
 patches and the game objects it responds to, as a static HTML page (``index.html``) with its images and numbers.
 
-It runs the three analyses of a rollout dataset (`visualize_layers`, `find_examples`, `object_response`) and puts
-their answers to "what does this channel see?" side by side, so that a reader can check one against the other.
+It runs the analyses of a rollout dataset (`visualize_layers`, `find_examples`, `spatial_examples`,
+`object_response`) and puts their answers to "what does this channel see?" side by side, so that a reader can check one against the other.
 Each step is recorded in ``report.json`` when done, so an interrupted report resumes where it stopped.
 """
 
@@ -21,11 +21,12 @@ from jaxinterp.envs.dataset import Dataset
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.find import find_examples
 from jaxinterp.examples.objects import ObjectResponse, load_npz, object_response
+from jaxinterp.examples.spatial import spatial_examples
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.engine import DEFAULT_STEPS
 from jaxinterp.models.agent import Agent
 from jaxinterp.report import images
-from jaxinterp.report.examples import top_strip, write_sheets
+from jaxinterp.report.examples import top_strip, write_sheets, write_spatial
 from jaxinterp.report.featviz import visualize_layers, write_json
 from jaxinterp.report.objects import STRONG, write_object_response
 
@@ -38,7 +39,7 @@ __all__ = [
     "write_agent_report",
 ]
 
-REPORT_FORMAT = "jaxinterp.report/3"  # 2: the centre-neuron view; 3: its smaller jitter
+REPORT_FORMAT = "jaxinterp.report/4"  # 2: the centre-neuron view; 3: its smaller jitter; 4: spatial mosaics
 DEFAULT_K = 16
 DEFAULT_DIVERSITY = 0.5
 """Examples are chosen with this cosine-similarity penalty: Heist frames look alike, and plain top-k fills a
@@ -133,6 +134,11 @@ def write_agent_report(
             # Each channel's highest value at any position of any frame: <= 0 means it never fired in play.
             state["max_in_play"][layer] = result.top.values[:, 0].tolist()
             _mark_done(out, state, f"examples:{layer}")
+        if f"spatial:{layer}" not in state["done"]:
+            with tqdm(total=len(dataset), unit="frame", desc=f"spatial {layer}", disable=not progress) as bar:
+                mosaics = spatial_examples(agent, layer, dataset, progress=bar.update)
+            write_spatial(mosaics, out / "examples")
+            _mark_done(out, state, f"spatial:{layer}")
         if f"objects:{layer}" not in state["done"]:
             with tqdm(total=len(dataset), unit="frame", desc=f"objects {layer}", disable=not progress) as bar:
                 response = object_response(agent, layer, dataset, progress=bar.update)
@@ -211,6 +217,7 @@ def _layer_numbers(
                 "objects": [[o, z] for o, z in ranked if np.isfinite(z)],
                 "examples_png": f"examples/{stem}_{c:04d}.png",
                 "top_png": f"examples/{stem}_{c:04d}_top.png",
+                "spatial_png": f"examples/{stem}_{c:04d}_spatial.png",
             }
         )
     return {
@@ -228,6 +235,7 @@ def _layer_numbers(
         "strong_objects": sum(bool(ch["objects"]) and ch["objects"][0][1] >= STRONG for ch in channels),
         "frames": response.num_frames,
         "examples_overview": f"examples/{stem}_overview.png",
+        "spatial_sheet": f"examples/{stem}_spatial.png",
         "objects_png": f"objects/{stem}/objects.png",
         "objects_md": f"objects/{stem}/objects.md",
         "channels": channels,
@@ -254,8 +262,9 @@ def _page(settings: dict, sections: list[dict]) -> str:
             f"<code>{e(data['path'])}</code>. Per channel: its feature visualizations ({settings['steps']} steps; the "
             "image that drives the channel's mean activation up, and the one that drives it up at the centre "
             "position only), its top dataset examples (diversity "
-            f"{settings['diversity']:g}; click for the full sheet with the least activating ones) and the game objects "
-            f"it responds to (position-matched z-scores; <b>bold</b>: z &ge; {STRONG:g}).</p>"
+            f"{settings['diversity']:g}; click for the full sheet with the least activating ones), its spatial mosaic "
+            "(at every position of the screen, the piece of the frame that excites it most there; opaque where it "
+            "responds most) and the game objects it responds to (position-matched z-scores; <b>bold</b>: z &ge; {STRONG:g}).</p>"
         ),
         "<nav>"
         + "".join(f"<a href='#{e(images.file_stem(s['layer']))}'>{e(s['layer'])}</a>" for s in sections),
@@ -275,11 +284,12 @@ def _page(settings: dict, sections: list[dict]) -> str:
                 f"<a href='{s['featviz']['sheet']}'>visualization sheet</a> · "
                 f"<a href='{s['neuron']['sheet']}'>centre-neuron sheet</a> · "
                 f"<a href='{s['examples_overview']}'>examples overview</a> · "
+                f"<a href='{s['spatial_sheet']}'>spatial mosaics</a> · "
                 f"<a href='{s['objects_png']}'>objects heatmap</a> · <a href='{s['objects_md']}'>objects table</a></p>"
             ),
             (
                 "<table><tr><th>channel</th><th>wants to see (mean)</th><th>(centre)</th>"
-                "<th>responds to in play (top examples)</th><th>objects (z)</th>"
+                "<th>responds to in play (top examples)</th><th>where (spatial mosaic)</th><th>objects (z)</th>"
                 "<th class='num'>image / real p99.9: mean; centre</th>"
                 "<th class='num'>max in play (any position)</th></tr>"
             ),
@@ -297,6 +307,7 @@ def _page(settings: dict, sections: list[dict]) -> str:
                     for v in (mean, centre)
                 )
                 + f"<td><a href='{ch['examples_png']}'><img src='{ch['top_png']}' height={THUMB_PIXELS // 2}></a></td>"
+                f"<td><a href='{ch['spatial_png']}'><img src='{ch['spatial_png']}' height={THUMB_PIXELS}></a></td>"
                 f"<td>{objs or '-'}</td>"
                 f"<td class='num'>{mean['value']:.3g} / {mean['real_p999']:.3g};<br>"
                 f"{centre['value']:.3g} / {centre['real_p999']:.3g}</td>"

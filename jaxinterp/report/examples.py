@@ -13,6 +13,7 @@ from jaxinterp.examples.find import ExamplesResult, save_npz
 from jaxinterp.examples.objects import objects_at
 from jaxinterp.examples.patches import patch_origin
 from jaxinterp.examples.receptive import FRAME_SIZE, WHOLE_FRAME, ReceptiveField
+from jaxinterp.examples.spatial import SpatialExamples, default_reuse, mosaic
 from jaxinterp.report import images
 
 __all__ = [
@@ -28,9 +29,12 @@ __all__ = [
     "overview_sheet",
     "top_strip",
     "write_sheets",
+    "write_spatial",
 ]
 
 DEFAULT_COLUMNS = 8
+SPATIAL_SCALE = 4
+"""Mosaics are upscaled 4x (256 px): Heist's keys and locks are 6-10 pixels wide in the 64-pixel frame."""
 """Patches per row: 16 examples make two rows."""
 
 OVERVIEW_PIXELS = 48
@@ -222,4 +226,40 @@ def write_sheets(
     paths.append(images.save_png(out_dir / f"{stem}_overview.png", overview_sheet(result, columns=columns)))
     if npz:
         paths.append(save_npz(result, out_dir / f"{stem}_examples.npz"))
+    return paths
+
+
+def write_spatial(
+    result: SpatialExamples, out_dir, *, reuse: int | None = None, columns: int = DEFAULT_COLUMNS
+) -> list[Path]:
+    """Every feature's `mosaic` (``<layer>_<id>_spatial.png``, upscaled ``SPATIAL_SCALE``x), all of them on one
+    sheet (``<layer>_spatial.png``, captioned with the weakest..strongest value shown), and ``<layer>_spatial.npz`` (values,
+    frame indices and episodes of every position's candidates)."""
+    out_dir = Path(out_dir)
+    stem = images.file_stem(result.layer)
+    reuse = default_reuse(result) if reuse is None else reuse
+    pictures, labels, paths = [], [], []
+    for j, fid in enumerate(result.ids):
+        picture, shown = mosaic(result, j, reuse)
+        pictures.append(images.upscale(picture, SPATIAL_SCALE))
+        labels.append(
+            f"#{int(fid)}: {np.nanmin(shown):.3g}..{np.nanmax(shown):.3g}"
+            if np.isfinite(shown).any()
+            else f"#{int(fid)}: (none)"
+        )
+        paths.append(images.save_png(out_dir / f"{stem}_{int(fid):04d}_spatial.png", pictures[-1]))
+    title = (
+        f"{result.layer}: best frame at each position, {result.num_frames} frames "
+        f"(opacity: weakest to strongest; at most {reuse} cells per episode)"
+    )
+    sheet = images.contact_sheet(np.stack(pictures), labels, columns=columns, title=title)
+    paths.append(images.save_png(out_dir / f"{stem}_spatial.png", sheet))
+    arrays = {
+        "layer": np.asarray(result.layer),
+        "ids": result.ids,
+        "num_frames": np.asarray(result.num_frames),
+    }
+    arrays |= {"values": result.values, "frames": result.frames, "episodes": result.episodes}
+    np.savez_compressed(out_dir / f"{stem}_spatial.npz", **arrays)
+    paths.append(out_dir / f"{stem}_spatial.npz")
     return paths

@@ -45,9 +45,14 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_agent(path: str | Path) -> Agent:
-    """An ``Agent`` from any supported file; the architecture and number of actions are read from the weights."""
+    """An ``Agent`` from any supported file, or a ``train-agent`` run directory (its latest policy); the
+    architecture and number of actions are read from the weights."""
     path = Path(path)
     if path.is_dir():
+        if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+            from jaxinterp.agent.train import load_run_agent  # the trainer imports procgen: only when needed
+
+            return load_run_agent(path)[0]
         return _load_orbax(path)
     return agent_from_state_dict(read_state_dict(path))
 
