@@ -136,11 +136,25 @@ def cmd_examples(args) -> None:
     from jaxinterp.report.examples import write_sheets
 
     agent = _agent(args)
-    channels = _channels(agent, args.layer, args.channels)
     dataset = Dataset(args.dataset)
+    out = Path(args.out)
+    if args.nmf:
+        from jaxinterp.examples import nmf
+        from jaxinterp.report.images import file_stem
+
+        if args.channels != "all":
+            raise JaxinterpError("--nmf finds its own directions of the layer: leave out --channels")
+        frames = dataset.evenly_spaced(nmf.FIT_FRAMES)["frames"]
+        dirs = nmf.fit_directions(agent, args.layer, frames, args.nmf, seed=args.seed)
+        out = out / "nmf"  # direction i's sheets would otherwise overwrite channel i's
+        nmf.save_npz(dirs, out / f"{file_stem(dirs.layer)}_nmf.npz")
+        print(nmf.describe(dirs))
+        feature, channels = dirs.feature(), None
+    else:
+        feature, channels = args.layer, _channels(agent, args.layer, args.channels)
     result = find_examples(
         agent,
-        args.layer,
+        feature,
         dataset,
         channels=channels,
         k=args.k,
@@ -148,7 +162,7 @@ def cmd_examples(args) -> None:
         diversity_on=args.diversity_on,
         progress=True,
     )
-    paths = write_sheets(result, args.out, object_maps=dataset)  # names the game object under every patch
+    paths = write_sheets(result, out, object_maps=dataset)  # names the game object under every patch
     if args.spatial:
         from tqdm import tqdm
 
@@ -156,9 +170,9 @@ def cmd_examples(args) -> None:
         from jaxinterp.report.examples import write_spatial
 
         with tqdm(total=len(dataset), unit="frame", desc=f"spatial {args.layer}") as bar:
-            mosaics = spatial_examples(agent, args.layer, dataset, channels=channels, progress=bar.update)
-        paths += write_spatial(mosaics, args.out, reuse=args.reuse)
-    print(f"wrote {len(paths)} files to {args.out} ({result.num_frames:,} frames scanned)")
+            mosaics = spatial_examples(agent, feature, dataset, channels=channels, progress=bar.update)
+        paths += write_spatial(mosaics, out, reuse=args.reuse)
+    print(f"wrote {len(paths)} files to {out} ({result.num_frames:,} frames scanned)")
 
 
 def cmd_objects(args) -> None:
@@ -292,7 +306,7 @@ def cmd_report(args) -> None:
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.envs.heist import HeistConfig
     from jaxinterp.envs.rollout import agent_policy, collect
-    from jaxinterp.report.agent_report import sample_frames, write_agent_report
+    from jaxinterp.report.agent_report import REAL_FRAMES, write_agent_report
     from jaxinterp.weights.store import default_checkpoint
 
     checkpoint = Path(args.checkpoint or default_checkpoint())
@@ -306,7 +320,7 @@ def cmd_report(args) -> None:
         dataset = collect(
             out / "data", frames=args.frames, policy=agent_policy(agent), env_config=config, seed=args.seed
         )
-    stats = _color_stats(checkpoint, agent, sample_frames(dataset))
+    stats = _color_stats(checkpoint, agent, dataset.evenly_spaced(REAL_FRAMES)["frames"])
     page = write_agent_report(
         agent,
         dataset,
@@ -411,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also draw each channel's spatial mosaic: at every position, the frame that excites it most there",
     )
+    ex.add_argument(
+        "--nmf",
+        type=int,
+        metavar="K",
+        help="instead of channels, show K NMF directions of the layer fitted on the dataset (written to OUT/nmf/)",
+    )
+    ex.add_argument("--seed", type=int, default=0, help="seed of the NMF fit (--nmf)")
     ex.add_argument(
         "--reuse", type=int, help="cells one episode may fill in a mosaic (--spatial; default: a sixteenth)"
     )

@@ -139,6 +139,15 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
     assert main([*examples.split(), "--channels", "1", "--k", "4", "--spatial", "--reuse", "2"]) == 0
     assert (out / "conv_seqs_1_res_block1_0001_spatial.png").is_file()
     assert (out / "conv_seqs_1_res_block1_spatial.png").is_file()
+    assert main([*examples.split(), "--nmf", "3", "--k", "2"]) == 0  # NMF directions instead of channels
+    assert "3 NMF directions of conv_seqs.1.res_block1" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "nmf").glob("*_000?.png")) == [
+        f"conv_seqs_1_res_block1_000{i}.png" for i in range(3)
+    ]
+    with np.load(out / "nmf" / "conv_seqs_1_res_block1_nmf.npz") as saved:
+        assert saved["components"].shape == (3, 32)
+    assert main([*examples.split(), "--nmf", "3", "--channels", "1"]) == 2
+    assert "leave out --channels" in capsys.readouterr().err
     assert main([*examples.split(), "--channels", "40"]) == 2
     assert "out of range" in capsys.readouterr().err
     att = tmp_path / "att"

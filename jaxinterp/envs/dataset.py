@@ -423,6 +423,11 @@ class Dataset:
         out["index"] = idx
         return out
 
+    def evenly_spaced(self, n: int, fields: Sequence[str] | None = ("frames",)) -> dict[str, np.ndarray]:
+        """Up to ``n`` rows evenly spaced over the dataset: its episodes and levels, not its first minutes."""
+        rows = np.linspace(0, len(self) - 1, min(n, len(self))).round().astype(np.int64)
+        return self.get(np.unique(rows), fields)
+
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         return self.get(index)
 

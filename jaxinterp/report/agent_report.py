@@ -35,7 +35,6 @@ __all__ = [
     "DEFAULT_K",
     "REAL_FRAMES",
     "REPORT_FORMAT",
-    "sample_frames",
     "write_agent_report",
 ]
 
@@ -107,7 +106,7 @@ def write_agent_report(
     }
     state = _open_state(out, json.loads(json.dumps(settings)))
 
-    real = sample_frames(dataset, real_frames)
+    real = dataset.evenly_spaced(real_frames)["frames"]
     featviz = {
         view: visualize_layers(
             agent,
@@ -156,12 +155,6 @@ def write_agent_report(
     page = out / "index.html"
     page.write_text(_page(settings, sections))
     return page
-
-
-def sample_frames(dataset: Dataset, n: int = REAL_FRAMES) -> np.ndarray:
-    """Up to ``n`` frames evenly spaced over ``dataset`` (uint8): its episodes and levels, not its first minutes."""
-    rows = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(np.int64)
-    return dataset.get(np.unique(rows), ["frames"])["frames"]
 
 
 def _open_state(out: Path, settings: dict) -> dict:
