@@ -26,7 +26,7 @@ import numpy as np
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
 from jaxinterp.examples.receptive import FRAME_SIZE, ReceptiveField, receptive_field
-from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, EMPTY, Ranked, Source, _merge, iter_batches
+from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, EMPTY, Ranked, Source, iter_batches, merge
 from jaxinterp.models.agent import Agent, pad_rows, preprocess
 
 __all__ = [
@@ -102,7 +102,7 @@ def _update(state: _State, feats, cells, index, episodes, valid) -> _State:
     new = Ranked(*(a.reshape(f * p, b) for a in new))
     # One candidate per (position, episode): Heist's view stands still, so one level's frames would fill the slots.
     keys = (jnp.concatenate([state.ranked.ys, new.ys], 1),)
-    ranked, idx = _merge(state.ranked, new, r, dedupe=True, keys=keys)
+    ranked, idx = merge(state.ranked, new, r, dedupe=True, keys=keys)
     ranked = ranked._replace(ys=jnp.where(ranked.frames == EMPTY, EMPTY, ranked.ys))
     per_pos = cells.reshape(b, p, *cells.shape[3:]).swapaxes(0, 1)  # (P, B, J, J, 3)
     pos = jnp.tile(jnp.arange(p), f)[:, None]  # row F·P -> its position

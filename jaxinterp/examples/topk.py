@@ -44,6 +44,7 @@ __all__ = [
     "TopKState",
     "init_state",
     "iter_batches",
+    "merge",
     "scan",
     "update",
 ]
@@ -105,7 +106,7 @@ def init_state(num_features: int, k: int, num_candidates: int, vector_size: int)
     )
 
 
-def _merge(
+def merge(
     run: Ranked,
     new: Ranked,
     k: int,
@@ -147,11 +148,11 @@ def _merge(
 def _merge_unique(
     run: Ranked, run_episodes, new: Ranked, new_episodes, k: int, dedupe: bool, width: int, pool=None
 ) -> tuple[Ranked, jax.Array, jax.Array]:
-    """``_merge`` keeping one example per (episode, y, x): (merged, its episodes, where each came from)."""
+    """``merge`` keeping one example per (episode, y, x): (merged, its episodes, where each came from)."""
     cat = functools.partial(jnp.concatenate, axis=1)
     episodes = cat([run_episodes, new_episodes])
     keys = (episodes, cat([run.ys * width + run.xs, new.ys * width + new.xs]))
-    merged, idx = _merge(run, new, k, dedupe, pool, keys)
+    merged, idx = merge(run, new, k, dedupe, pool, keys)
     return merged, jnp.take_along_axis(episodes, idx, 1), idx
 
 
