@@ -138,6 +138,10 @@ def cmd_examples(args) -> None:
     agent = _agent(args)
     dataset = Dataset(args.dataset)
     out = Path(args.out)
+    if args.spatial and agent.check_layers([args.layer])[0] not in agent.conv_layer_names:
+        raise JaxinterpError(
+            f"--spatial needs positions; {args.layer} is a dense layer: use one of {', '.join(agent.conv_layer_names)}"
+        )
     if args.nmf:
         from jaxinterp.examples import nmf
         from jaxinterp.report.images import file_stem

@@ -148,6 +148,9 @@ def test_examples_and_attribution_write_sheets_and_overlays(checkpoint, tmp_path
         assert saved["components"].shape == (3, 32)
     assert main([*examples.split(), "--nmf", "3", "--channels", "1"]) == 2
     assert "leave out --channels" in capsys.readouterr().err
+    dense = examples.replace("conv_seqs.1.res_block1", "hidden_fc").split()
+    assert main([*dense, "--spatial"]) == 2
+    assert "hidden_fc is a dense layer" in capsys.readouterr().err
     assert main([*examples.split(), "--channels", "40"]) == 2
     assert "out of range" in capsys.readouterr().err
     att = tmp_path / "att"
