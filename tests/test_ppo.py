@@ -2,12 +2,15 @@
 
 import dataclasses
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxinterp.agent import train as train_module
 from jaxinterp.agent.ppo import (
     PPOConfig,
     RewardNormalizer,
@@ -180,6 +183,35 @@ def test_tiny_run_trains_end_to_end_and_resume_is_exact(tmp_path):
         dataclasses.replace(TINY, microbatch_size=2), tmp_path / "b", frames=frames, seed=3, progress=False
     )
     jax.tree.map(np.testing.assert_array_equal, again.params, resumed.params)
+
+
+@pytest.mark.slow
+def test_a_second_signal_waits_for_the_last_save(tmp_path, monkeypatch):
+    """SIGTERM stops a run at the end of an iteration; another signal during the final save (`uv run` forwards the
+    SIGTERM that `pkill -f` also sent to python; a second Ctrl-C) must not cut the save short."""
+    trainer = make_train(TINY)
+    real_save, saved, updates = _Checkpoints.save, [], []
+
+    def save(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)  # unshielded, the default action kills the process mid-save
+        os.kill(os.getpid(), signal.SIGINT)
+        saved.append(real_save(self, *args))
+        return saved[-1]
+
+    def update(*args):
+        updates.append(1)
+        if len(updates) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the first signal: stop
+        return trainer.update(*args)
+
+    monkeypatch.setattr(_Checkpoints, "save", save)
+    monkeypatch.setattr(train_module, "make_train", lambda config: trainer._replace(update=update))
+    state = train(TINY, tmp_path, frames=10 * TINY.frames_per_iteration, seed=3, progress=False)
+    # The signal came inside the second update: the run stops with the first iteration, and saves it whole.
+    assert int(state.iteration) == 1 and [p.name for p in saved] == ["iter_000001"]
+    assert (tmp_path / "checkpoints" / "iter_000001" / "env.npz").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # both handlers are back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_reading_the_latest_checkpoint_survives_its_rotation(tmp_path):

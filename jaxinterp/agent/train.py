@@ -217,11 +217,19 @@ def train(
     except KeyboardInterrupt:
         bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         bar.close()
-        ckpts.save(*consistent)
-        plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
-        env.close()
+        # Signals that come during the last save (a second Ctrl-C; `uv run` forwarding a SIGTERM that `pkill -f`
+        # also sent to the python process) wait until it is written: cut short, it would lose the iterations
+        # since the previous checkpoint.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            ckpts.save(*consistent)
+            plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+            env.close()
     return consistent[0]
 
 
