@@ -15,6 +15,7 @@ feature in a jitted step per batch; memory does not grow with the dataset.
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -197,33 +198,30 @@ def choose(result: SpatialExamples, j: int, reuse: int | None = None) -> np.ndar
     values, episodes = result.values[j], result.episodes[j]
     h, w = values.shape[:2]
     pick = np.full((h, w), -1, np.int64)
-    used: dict[int, int] = {}
+    used: collections.Counter[int] = collections.Counter()  # cells each episode has filled
     for flat in np.argsort(-values[..., 0], axis=None, kind="stable"):
         y, x = divmod(int(flat), w)
         filled = np.flatnonzero(result.frames[j, y, x] != EMPTY)
         if not len(filled):
             continue
-        free = [c for c in filled if used.get(int(episodes[y, x, c]), 0) < reuse]
-        c = free[0] if free else filled[0]
-        pick[y, x] = c
-        used[int(episodes[y, x, c])] = used.get(int(episodes[y, x, c]), 0) + 1
+        free = [c for c in filled if used[int(episodes[y, x, c])] < reuse]
+        pick[y, x] = c = free[0] if free else filled[0]
+        used[int(episodes[y, x, c])] += 1
     return pick
 
 
 def mosaic(result: SpatialExamples, j: int, reuse: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Feature ``j``'s picture (64, 64, 3) uint8 and the value shown at each position (H, W; NaN: no frame).
 
-    Each cell shows its chosen frame's pixels over a grey checkerboard with opacity ``(value - lo) / (hi - lo)``,
+    Each cell shows its chosen frame's pixels over a grey-and-white checkerboard with opacity ``(value - lo) / (hi - lo)``,
     lo and hi the weakest and strongest value shown: the feature's best response at every place of the screen,
     in the game's own pixels. Relative, so signed features (a residual sum) read like relus; the values say how
     strong.
     """
     pick = choose(result, j, reuse)
     h, w = pick.shape
-    shown = np.where(
-        pick >= 0, np.take_along_axis(result.values[j], pick.clip(0)[..., None], 2)[..., 0], np.nan
-    )
     filled = pick >= 0
+    shown = np.where(filled, np.take_along_axis(result.values[j], pick.clip(0)[..., None], 2)[..., 0], np.nan)
     lo, hi = (shown[filled].min(), shown[filled].max()) if filled.any() else (0.0, 0.0)
     alpha = np.where(filled, (shown - lo) / (hi - lo), 0.0) if hi > lo else filled.astype(np.float64)
     yy, xx = np.mgrid[:FRAME_SIZE, :FRAME_SIZE]

@@ -33,9 +33,10 @@ __all__ = [
 ]
 
 DEFAULT_COLUMNS = 8
+"""Patches per row: 16 examples make two rows."""
+
 SPATIAL_SCALE = 4
 """Mosaics are upscaled 4x (256 px): Heist's keys and locks are 6-10 pixels wide in the 64-pixel frame."""
-"""Patches per row: 16 examples make two rows."""
 
 OVERVIEW_PIXELS = 48
 """Views in a layer's overview are upscaled to at least this width: one row per feature, a glance, not a page."""
