@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxinterp", description="Interpretability for Procgen Heist agents, in JAX."
     )
+    p.add_argument("--version", action="version", version=f"jaxinterp {version('jaxinterp')}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train-agent", help="train a Heist agent with PPO (resumable: rerun to continue)")

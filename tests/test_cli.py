@@ -19,6 +19,14 @@ def checkpoint(tmp_path_factory):
     return jaxinterp.save_agent(agent, tmp_path_factory.mktemp("ckpt") / "agent.pt")
 
 
+def test_version_is_the_package_metadata(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.split() == ["jaxinterp", jaxinterp.__version__]
+    assert jaxinterp.__version__.count(".") == 2
+
+
 def test_info_lists_layers(checkpoint, capsys):
     assert main(["info", str(checkpoint)]) == 0
     out = capsys.readouterr().out
