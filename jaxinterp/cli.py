@@ -268,12 +268,38 @@ def _transforms(args):
     return tf.Transform(jitters=jitters)
 
 
+def _context(args):
+    """The `ContextSpec` of `visualize`'s flags, or None without ``--context``; and the objective to use."""
+    from jaxinterp.featviz.context import ContextSpec
+
+    if not args.context:
+        return None, args.objective or "channel"
+    if args.jitter is not None or args.no_transforms:
+        raise JaxinterpError(
+            "--context shifts its patch by --context-jitter: drop --jitter / --no-transforms"
+        )
+    at = None
+    if args.context_at:
+        try:
+            y, x = (int(v) for v in args.context_at.split(","))
+        except ValueError:
+            raise JaxinterpError(
+                f"--context-at {args.context_at!r}: give the layer position as Y,X, e.g. 4,4"
+            ) from None
+        at = (y, x)
+    given = {"size": args.context_size, "jitter": args.context_jitter, "batch": args.context_batch}
+    spec = ContextSpec(**{k: v for k, v in given.items() if v is not None}, at=at)
+    # By default the objective is the neuron under the patch (neuron@x,y takes the column first).
+    return spec, args.objective or ("neuron" if at is None else f"neuron@{at[1]},{at[0]}")
+
+
 def cmd_visualize(args) -> None:
     from jaxinterp.agent.export import agent_frames
     from jaxinterp.report.featviz import visualize_layers
     from jaxinterp.weights.store import default_checkpoint
 
     transforms = _transforms(args)  # before the slow part, so bad flags fail at once
+    context, objective = _context(args)
     checkpoint = Path(args.checkpoint or default_checkpoint())
     agent = _agent(args)
     if args.all_layers:
@@ -282,13 +308,15 @@ def cmd_visualize(args) -> None:
         layers = list(agent.check_layers([x for x in args.layer.split(",") if x]))
     else:
         raise JaxinterpError("give --layer NAME[,NAME...] or --all-layers")
+    for layer in layers if context is not None else ():
+        context.position(agent, layer)  # a bad --context-at fails before the agent plays
     frames = agent_frames(agent, args.real_frames, seed=args.seed)
     stats = _color_stats(checkpoint, agent, frames)
     summary = visualize_layers(
         agent,
         layers,
         args.channels,
-        objective=args.objective,
+        objective=objective,
         facets=args.facets,
         steps=args.steps,
         thresholds=tuple(int(t) for t in args.thresholds.split(",")) if args.thresholds else (),
@@ -297,6 +325,7 @@ def cmd_visualize(args) -> None:
         decorrelate=not args.no_decorrelate,
         color_matrix=stats.matrix,
         transforms=transforms,
+        context=context,
         tv=args.tv,
         l2=args.l2,
         diversity=args.diversity,
@@ -487,8 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
     v.add_argument(
         "--objective",
-        default="channel",
-        help="channel | neuron | 'L:7 - 0.5*L:3' | action:2 | value | deepdream:L ... (see README)",
+        help="channel (the default) | neuron | 'L:7 - 0.5*L:3' | action:2 | value | deepdream:L ... (see README)",
     )
     v.add_argument("--facets", type=int, default=1)
     v.add_argument("--steps", type=int, default=512)
@@ -501,6 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--jitter",
         help="jitter crop sizes in px, before and after scale/rotation (default 16,8; 8,4 suits --objective neuron)",
     )
+    v.add_argument(
+        "--context",
+        action="store_true",
+        help="optimize a patch pasted into the agent's frames over one position (objective: its neuron)",
+    )
+    v.add_argument("--context-size", type=int, help="patch side in px (default two maze tiles)")
+    v.add_argument(
+        "--context-jitter", type=int, help="largest patch shift per step in px (default half a cell)"
+    )
+    v.add_argument("--context-batch", type=int, help="frames each patch is pasted into per step")
+    v.add_argument("--context-at", help="layer position Y,X under the patch (default the centre)")
     v.add_argument("--tv", type=float, default=0.0)
     v.add_argument("--l2", type=float, default=0.0)
     v.add_argument("--diversity", type=float, default=0.0, help="facet diversity weight (needs --facets > 1)")

@@ -237,6 +237,30 @@ def test_visualize_writes_pngs_sheet_and_npz(checkpoint, tmp_path, monkeypatch, 
         assert said in capsys.readouterr().err
 
 
+def test_visualize_in_context_writes_patches_and_their_frames(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "ctx"
+    args = f"visualize --checkpoint {checkpoint} --layer conv_seqs.1.res_block1 --channels 1 --steps 4"
+    args = [*args.split(), "--real-frames", "64", "--out", str(out), "--context", "--context-size", "8"]
+    assert main([*args, "--context-batch", "2", "--context-at", "2,3"]) == 0
+    folder = out / "conv_seqs_1_res_block1"
+    assert {"channel_001.png", "context_001.png", "sheet.png"} <= {p.name for p in folder.iterdir()}
+    with np.load(folder / "images.npz") as z:
+        assert z["images"].shape == (1, 1, 1, 8, 8, 3)
+    settings = json.loads((folder / "settings.json").read_text())
+    # The objective defaults to the neuron under the patch (x is the column).
+    assert "x=3, y=2" in settings["objective"] and settings["context"]["at"] == [2, 3]
+    assert settings["transforms"] is None and settings["context"]["size"] == 8
+    capsys.readouterr()
+    for bad, said in (
+        (["--jitter", "8,4"], "drop --jitter"),
+        (["--context-at", "two"], "as Y,X"),
+        (["--context-at", "16,0"], "outside layer"),
+    ):
+        assert main([*args, *bad]) == 2
+        assert said in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("preset", [None, "--xla_force_host_platform_device_count=3"])
 def test_visualize_entry_exposes_one_cpu_device_per_core(preset):
     import os

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import param as param_lib
 from jaxinterp.featviz import transforms as tf
+from jaxinterp.featviz.context import Context
 from jaxinterp.featviz.objectives import Objective, read_acts, resolve_layer
 from jaxinterp.models.agent import Agent
 
@@ -74,6 +75,9 @@ class VisualizeConfig:
     Its params' leaves must have the batch as their first axis, as ``param.pixel`` and ``param.fft`` do."""
     transforms: tf.Transform | None = dataclasses.field(default_factory=tf.standard_transforms)
     """Random transforms applied to the image before the network each step; None for none."""
+    context: Context | None = None
+    """Optimize a patch pasted into real frames (`jaxinterp.featviz.context`) instead of a whole image: ``param``
+    must make patches of the context's size, and ``transforms`` must be None (the context shifts the patch)."""
     measure: Objective | None = None
     """What ``Result.values`` reports on the final (untransformed) images; default the objective itself. Pass
     the objective without its penalties to compare images with real frames."""
@@ -96,6 +100,10 @@ class VisualizeConfig:
         object.__setattr__(
             self, "compiler_options", tuple(options.items() if isinstance(options, dict) else options)
         )
+        if self.context is not None and self.transforms is not None:
+            raise JaxinterpError(
+                "a context pastes the patch into real frames with its own jitter; pass transforms=None with it"
+            )
         if not isinstance(self.steps, int) or self.steps < 1:
             raise JaxinterpError(f"`steps` (={self.steps!r}) must be an int >= 1")
         bad = [t for t in self.thresholds if not 0 <= t <= self.steps]
@@ -122,7 +130,8 @@ class Result(NamedTuple):
     """The images each job reached at each kept step count, and what they score."""
 
     images: np.ndarray
-    """(T, C, K, 64, 64, 3) float32 in [0, 1]: T kept step counts, C channels, K facets."""
+    """(T, C, K, H, W, 3) float32 in [0, 1]: T kept step counts, C channels, K facets; 64×64 images, or a
+    context's patches."""
     values: np.ndarray
     """(T, C, K): the measure (default the objective) on each kept image, untransformed."""
     losses: np.ndarray
@@ -134,11 +143,11 @@ class Result(NamedTuple):
 
     @property
     def final(self) -> np.ndarray:
-        """The last images, (C, K, 64, 64, 3)."""
+        """The last images, (C, K, H, W, 3)."""
         return self.images[-1]
 
     def at(self, step: int) -> np.ndarray:
-        """Images (C, K, 64, 64, 3) after `step` steps (one of `thresholds`)."""
+        """Images (C, K, H, W, 3) after `step` steps (one of `thresholds`)."""
         if step not in self.thresholds:
             raise JaxinterpError(f"no images kept at step {step}; kept: {list(self.thresholds)}")
         return self.images[self.thresholds.index(step)]
@@ -185,6 +194,8 @@ class Visualizer:
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         layers = (*objective.layers, *self.measure.layers)
         self.image_bytes = bytes_per_image(agent, layers)
+        if config.context is not None:  # each patch is seen in several frames at once
+            self.image_bytes *= max(config.context.batch, config.context.measure_count)
         max_images = config.max_images or max(1, config.memory_budget // self.image_bytes)
         self.chunk_channels = _pick_device_rows(max(1, max_images // config.facets), len(self.devices))
         """Most channels optimized in one call (a multiple of the device count)."""
@@ -205,6 +216,14 @@ class Visualizer:
         return _State(params, self.optimizer.init(params), saved, jnp.int32(0), step_keys)
 
     def _score(self, agent_params, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
+        context = self.config.context
+        if context is not None:
+            # Activations come from the frames holding the patches, penalties (tv, l2, ...) see the patches.
+            seen = context.paste(images, keys)
+            reps = seen.shape[0] // images.shape[0]
+            acts = read_acts(self.agent, self.agent.forward(agent_params, seen), objective.layers)
+            scores = objective.fn(acts, jnp.repeat(images, reps, axis=0), index)
+            return scores.reshape(images.shape[0], reps).mean(axis=1)
         seen = images
         if keys is not None and self.config.transforms is not None:
             spec = self.config.transforms

@@ -22,6 +22,7 @@ from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
 from jaxinterp.featviz import param as param_lib
 from jaxinterp.featviz import transforms as tf
+from jaxinterp.featviz.context import Context, ContextSpec
 from jaxinterp.featviz.engine import DEFAULT_LR, DEFAULT_STEPS, VisualizeConfig, make_visualize
 from jaxinterp.models.agent import Agent, array_digest, check_obs, parse_channels, preprocess
 from jaxinterp.report import images as report_images
@@ -39,6 +40,8 @@ SETTINGS_FORMAT = "jaxinterp.featviz/1"
 DEFAULT_SCALE = 4
 """PNG upscaling (nearest): a 64-px image becomes 256 px, large enough to see single pixels."""
 REAL_BATCH = 256
+CONTEXT_FRAMES = 4
+"""Frames each ``context_<c>.png`` shows a channel's first patch in."""
 SHEET_IMAGES_PER_ROW = 8
 """Images per contact-sheet row: 8 channels of one facet, 4 channels of two facets, ..."""
 _CACHE_SIZE = 8  # compiled programs kept for reruns in one process (resuming, more channels, other seeds)
@@ -134,6 +137,7 @@ def visualize_layers(
     decorrelate: bool = True,
     color_matrix: np.ndarray | None = None,
     transforms: tf.Transform | bool | None = True,
+    context: ContextSpec | None = None,
     tv: float = 0.0,
     l1: float = 0.0,
     l2: float = 0.0,
@@ -157,11 +161,15 @@ def visualize_layers(
     ``blur`` and ``diversity`` (between facets) are subtracted from it; values are measured without them.
     ``color_matrix`` (3×3, e.g. ``param.fit_color_decorrelation`` of the agent's frames) defaults to ImageNet's.
     With ``real_frames`` (uint8 (N, 64, 64, 3)) each layer reports the fraction of channels whose best facet
-    beats the 99th and 99.9th percentile of the objective on real frames.
+    beats the 99th and 99.9th percentile of the objective on real frames. With ``context`` (a `ContextSpec`)
+    each image is a patch optimized inside ``real_frames`` (see `jaxinterp.featviz.context`) over one position's
+    receptive field, in place of a whole image and its ``transforms``; give an objective at that position
+    (``"neuron"`` for the centre, ``"neuron@x,y"`` with ``context.at == (y, x)``).
 
     Writes ``out_dir/<layer>/``: ``channel_<c>.png`` (facets side by side, upscaled ``scale``×), ``sheet.png``,
-    ``images.npz`` (images (T, C, K, 64, 64, 3) at each kept step, values (T, C, K), losses, channels,
-    thresholds, percentiles) and ``settings.json``; finished chunks live in ``chunks/`` until the layer is done.
+    ``images.npz`` (images (T, C, K, 64, 64, 3) at each kept step, or patches with a context; values (T, C, K),
+    losses, channels, thresholds, percentiles) and ``settings.json``, and with a context ``context_<c>.png`` (the
+    patch in the first frames); finished chunks live in ``chunks/`` until the layer is done.
     Returns ``{"out_dir", "layers": {layer: summary}}``. In a multi-process job every process must call this
     with the same arguments; process 0 writes (resuming needs ``out_dir`` on storage every process sees).
     ``max_images``, ``scan`` and ``compiler_options`` are passed to `VisualizeConfig`.
@@ -180,13 +188,24 @@ def visualize_layers(
         raise JaxinterpError(f"`color_matrix` must be 3×3, got shape {matrix.shape}")
     if basis not in ("fft", "pixel"):
         raise JaxinterpError(f"`basis` (={basis!r}) must be 'fft' or 'pixel'")
-    image_param = param_lib.image(basis=basis, decorrelate=matrix if decorrelate else None)
     spec = tf.standard_transforms() if transforms is True else (transforms or None)
     if spec is not None and not isinstance(spec, tf.Transform):
         raise JaxinterpError(f"`transforms` must be True, False/None or a transforms.Transform, got {spec!r}")
-    penalties = {"tv": tv, "l1": l1, "l2": l2, "blur": blur, "diversity": diversity}
     if real_frames is not None:
         real_frames = np.asarray(check_obs(real_frames))
+    size = param_lib.DEFAULT_SIZE
+    if context is not None:
+        if isinstance(transforms, tf.Transform):
+            raise JaxinterpError(
+                "a context shifts its patch by its own jitter: leave `transforms` at its default"
+            )
+        if real_frames is None:
+            raise JaxinterpError(
+                "a context pastes patches into real frames: pass `real_frames` (the agent's play)"
+            )
+        spec, size = None, context.size
+    image_param = param_lib.image(size, basis=basis, decorrelate=matrix if decorrelate else None)
+    penalties = {"tv": tv, "l1": l1, "l2": l2, "blur": blur, "diversity": diversity}
     out_dir = Path(out_dir)
     writer = jax.process_index() == 0
     key = jax.random.key(seed)
@@ -202,6 +221,10 @@ def visualize_layers(
         "transforms": dataclasses.asdict(spec) if spec is not None else None,
         "seed": seed,
         "real_frames": array_digest([real_frames]) if real_frames is not None else None,
+        # The frames are part of a context's program (unlike the percentiles' frames), so they are named here too.
+        "context": None
+        if context is None
+        else dataclasses.asdict(context) | {"frames": array_digest([real_frames])},
     }
 
     base_config = VisualizeConfig(
@@ -225,7 +248,11 @@ def visualize_layers(
         # Through JSON and back (tuples become lists), so it compares equal to what settings.json holds.
         settings = json.loads(json.dumps(settings))
         folder = out_dir / report_images.file_stem(layer)
-        config = dataclasses.replace(base_config, measure=target)
+        config = dataclasses.replace(
+            base_config,
+            measure=target,
+            context=None if context is None else context.build(agent, layer, real_frames),
+        )
         plans.append(_LayerPlan(layer, full, target, chans, settings, config, folder))
 
     bar = None
@@ -331,7 +358,7 @@ def _one_layer(shared: _Shared, plan: _LayerPlan) -> dict[str, Any]:
         arrays["percentiles"] = _percentiles(agent, target, chans, real_frames)
         arrays["percentile_q"] = np.asarray(PERCENTILES, np.float32)
     if writer:
-        _write_outputs(folder, layer, target, arrays, scale)
+        _write_outputs(folder, layer, target, arrays, scale, config.context)
         _save_npz(final_path, **arrays)
         for path in chunk_dir.glob("chunk_*.npz"):
             path.unlink()
@@ -373,15 +400,27 @@ def _visualizer(agent, full, config, settings):
     return hit
 
 
-def _write_outputs(folder: Path, layer: str, target: obj.Objective, arrays: dict, scale: int) -> None:
+def _write_outputs(
+    folder: Path, layer: str, target: obj.Objective, arrays: dict, scale: int, context: Context | None
+) -> None:
     final, values = arrays["images"][-1], arrays["values"][-1]  # (C, K, ...), (C, K)
     # With real frames, each caption's second line is the channel's real-frame p99.9, the bar its image must beat.
     p999 = arrays["percentiles"][PERCENTILES.index(99.9)] if "percentiles" in arrays else [None] * len(final)
+    # A context's patches are drawn as large as whole images, and the sheet shows each in the first frame.
+    zoom = scale * max(1, param_lib.DEFAULT_SIZE // final.shape[2])
+    shown = final if context is None else _in_context(context, final, frames=1)[:, :, 0]
     labels = []
     for c, ims, vals, p in zip(arrays["channels"].tolist(), final, values, p999, strict=True):
-        report_images.save_png(folder / f"channel_{c:03d}.png", report_images.side_by_side(ims, scale=scale))
+        report_images.save_png(folder / f"channel_{c:03d}.png", report_images.side_by_side(ims, scale=zoom))
         labels.append(f"{c}: {vals.max():.3g}" + ("" if p is None else f"\nreal p99.9 {p:.3g}"))
-    cells = np.stack([report_images.side_by_side(ims, gap=2) for ims in final])
+    if context is not None:
+        for c, row in zip(
+            arrays["channels"].tolist(), _in_context(context, final[:, :1], CONTEXT_FRAMES), strict=True
+        ):
+            report_images.save_png(
+                folder / f"context_{c:03d}.png", report_images.side_by_side(row[0], scale=scale)
+            )
+    cells = np.stack([report_images.side_by_side(ims, gap=2) for ims in shown])
     report_images.write_contact_sheet(
         folder / "sheet.png",
         cells,
@@ -390,6 +429,13 @@ def _write_outputs(folder: Path, layer: str, target: obj.Objective, arrays: dict
         columns=max(1, SHEET_IMAGES_PER_ROW // final.shape[1]),  # rows about equally wide for any facet count
         title=f"{target.description} (value after {arrays['thresholds'][-1]} steps)",
     )
+
+
+def _in_context(context: Context, images: np.ndarray, frames: int) -> np.ndarray:
+    """(C, K, S, S, 3) patches -> (C, K, frames, 64, 64, 3): each in the context's first frames, at its place."""
+    c, k = images.shape[:2]
+    pasted = np.asarray(jax.jit(context.paste)(jnp.asarray(images.reshape(c * k, *images.shape[2:]))))
+    return pasted.reshape(c, k, -1, *pasted.shape[1:])[:, :, :frames]
 
 
 def _layer_summary(
