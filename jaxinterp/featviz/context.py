@@ -91,15 +91,6 @@ class Context:
         per_facet = jax.vmap(jax.vmap(one, (None, 0, 0)), (0, 0, 0))(patches, index, corner)
         return per_facet.reshape(-1, *per_facet.shape[2:])
 
-    def describe(self) -> dict:
-        """The settings that define the job (for resumable outputs), without the frames themselves."""
-        return {
-            "size": self.size,
-            "top_left": list(self.top_left),
-            "jitter": self.jitter,
-            "batch": self.batch,
-        }
-
 
 def make_context(
     frames,
