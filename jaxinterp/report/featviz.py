@@ -408,17 +408,17 @@ def _write_outputs(
     p999 = arrays["percentiles"][PERCENTILES.index(99.9)] if "percentiles" in arrays else [None] * len(final)
     # A context's patches are drawn as large as whole images, and the sheet shows each in the first frame.
     zoom = scale * max(1, param_lib.DEFAULT_SIZE // final.shape[2])
-    shown = final if context is None else _in_context(context, final, frames=1)[:, :, 0]
+    # (C, K, CONTEXT_FRAMES, 64, 64, 3): one paste serves the sheet (first frame) and context_<c>.png (first facet).
+    pasted = None if context is None else _in_context(context, final, CONTEXT_FRAMES)
+    shown = final if pasted is None else pasted[:, :, 0]
     labels = []
     for c, ims, vals, p in zip(arrays["channels"].tolist(), final, values, p999, strict=True):
         report_images.save_png(folder / f"channel_{c:03d}.png", report_images.side_by_side(ims, scale=zoom))
         labels.append(f"{c}: {vals.max():.3g}" + ("" if p is None else f"\nreal p99.9 {p:.3g}"))
-    if context is not None:
-        for c, row in zip(
-            arrays["channels"].tolist(), _in_context(context, final[:, :1], CONTEXT_FRAMES), strict=True
-        ):
+    if pasted is not None:
+        for c, row in zip(arrays["channels"].tolist(), pasted[:, 0], strict=True):
             report_images.save_png(
-                folder / f"context_{c:03d}.png", report_images.side_by_side(row[0], scale=scale)
+                folder / f"context_{c:03d}.png", report_images.side_by_side(row, scale=scale)
             )
     cells = np.stack([report_images.side_by_side(ims, gap=2) for ims in shown])
     report_images.write_contact_sheet(
