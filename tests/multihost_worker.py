@@ -3,7 +3,8 @@
     python tests/multihost_worker.py OUT.npz                      # this process's devices (XLA_FLAGS may fake 8)
     python tests/multihost_worker.py OUT.npz PORT PROCESS_ID N    # one process of an N-process jax.distributed job
 
-Process 0 writes the result; the test compares it with the same run in one process on one device.
+Process 0 writes the result; the test compares it with the same run in one process on one device, and a deeper
+layer's host loop with its scan.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 
 LAYER = "conv_seqs.0.conv"  # the first convolution: cheap to compile, and the same machinery as any layer
+DEEP_LAYER = "conv_seqs.1.res_block1"
 CHANNELS = (0, 1, 2, 3)
 SEED = 3
 
@@ -50,14 +52,24 @@ def main(argv: list[str]) -> None:
     from jaxinterp.featviz import objectives
     from jaxinterp.featviz.engine import make_visualize
 
-    visualize = make_visualize(tiny_agent(), objectives.channel(LAYER), config())
-    r = visualize(SEED, CHANNELS)
+    agent = tiny_agent()
+    r = make_visualize(agent, objectives.channel(LAYER), config())(SEED, CHANNELS)
+    # A deeper layer as one scan and as the host loop of jitted steps (steps queued one after another on every
+    # device): with collectives in its steps, 64 of them deadlocked XLA:CPU's rendezvous on 2 host devices.
+    deep = {
+        mode: make_visualize(agent, objectives.channel(DEEP_LAYER), config(scan=mode == "scan", steps=64))(
+            SEED, CHANNELS
+        )
+        for mode in ("scan", "loop")
+    }
     if jax.process_index() == 0:
         np.savez(
             out,
             images=r.images,
             values=r.values,
             losses=r.losses,
+            deep_scan=deep["scan"].images,
+            deep_loop=deep["loop"].images,
             devices=len(jax.devices()),
             processes=jax.process_count(),
         )

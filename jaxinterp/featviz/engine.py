@@ -265,35 +265,46 @@ class Visualizer:
 
     # --- compiled, vmapped over channels and sharded over devices -------------------------------------------
     def _functions(self, impl: str) -> dict[str, Callable]:
+        """The jitted job functions, each vmapped over the jobs of a device inside a `jax.shard_map`.
+
+        shard_map, not the compiler's automatic partitioning: left to it, XLA replicated the FFT
+        parameterization (an all-gather of every job's spectrum and the inverse FFT of all jobs on every device, each
+        step), and in the host loop those collectives deadlocked XLA:CPU's rendezvous on 2 host devices. Here no
+        step runs a collective; results come back sharded and the host gathers them (`_host`)."""
         if impl not in self._compiled:
             shard, repl = self._sharded, self._replicated
-            over_jobs = (None, 0, 0)
+            jobs, same = PartitionSpec(_AXIS), PartitionSpec()
             jit = functools.partial(jax.jit, compiler_options=dict(self.config.compiler_options) or None)
-            fns = {
-                "run": jit(
-                    jax.vmap(lambda p, i, k: self._run_job(p, i, k, impl), over_jobs),
-                    in_shardings=(repl, shard, shard),
-                    out_shardings=repl,
+
+            def per_device(fn, *, params: bool = True, **kw):
+                specs = (same, jobs, jobs) if params else (jobs, jobs)
+                mapped = jax.shard_map(
+                    jax.vmap(fn, (None, 0, 0) if params else (0, 0)),
+                    mesh=self.mesh,
+                    in_specs=specs,
+                    out_specs=jobs,
+                    check_vma=False,  # the custom-VJP convolution is opaque to the check; nothing is reduced here
+                )
+                return jit(mapped, in_shardings=(repl, shard, shard) if params else (shard, shard), **kw)
+
+            self._compiled[impl] = {
+                "run": per_device(lambda p, i, k: self._run_job(p, i, k, impl)),
+                "init": per_device(
+                    lambda i, k: self._init_job(i, jax.random.wrap_key_data(k, impl=impl)), params=False
                 ),
-                "init": jit(
-                    jax.vmap(lambda i, k: self._init_job(i, jax.random.wrap_key_data(k, impl=impl))),
-                    in_shardings=(shard, shard),
-                    out_shardings=shard,
-                ),
-                "step": jit(
-                    jax.vmap(self._step_job, over_jobs),
-                    in_shardings=(repl, shard, shard),
-                    out_shardings=(shard, repl),
-                    donate_argnums=2,
-                ),
-                "finish": jit(
-                    jax.vmap(self._finish_job, over_jobs),
-                    in_shardings=(repl, shard, shard),
-                    out_shardings=repl,
-                ),
+                "step": per_device(self._step_job, donate_argnums=2),
+                "finish": per_device(self._finish_job),
             }
-            self._compiled[impl] = fns
         return self._compiled[impl]
+
+    @staticmethod
+    def _host(x: jax.Array) -> np.ndarray:
+        """A result on the host in full: gathered from the local shards, or from every process's."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
 
     def _global(self, data: np.ndarray, sharding: NamedSharding) -> jax.Array:
         """A global array from data every process holds in full (one process: a plain device_put)."""
@@ -376,14 +387,14 @@ class Visualizer:
         index_g, keys_g = self._global(index, self._sharded), self._global(keys, self._sharded)
         if self.config.scan:
             out = fns["run"](params, index_g, keys_g)
-            return tuple(np.asarray(x) for x in out)
+            return tuple(self._host(x) for x in out)
         state = fns["init"](index_g, keys_g)
         losses = []
         for _ in range(self.config.steps):
             state, loss = fns["step"](params, index_g, state)
             losses.append(loss)
         images, values = fns["finish"](params, index_g, state)
-        return np.asarray(images), np.asarray(values), np.stack([np.asarray(x) for x in losses], axis=-1)
+        return self._host(images), self._host(values), np.stack([self._host(x) for x in losses], axis=-1)
 
     def _check_finite(self, channels: np.ndarray, images, values, losses) -> None:
         bad = ~(
