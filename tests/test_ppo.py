@@ -204,7 +204,17 @@ def test_a_second_signal_waits_for_the_last_save(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)  # the first signal: stop
         return trainer.update(*args)
 
+    closes = []
+
+    class Bar(train_module.tqdm):
+        def close(self):
+            closes.append(1)
+            if len(closes) == 1:  # the second signal, as the loop winds down (tqdm closes again when collected)
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().close()
+
     monkeypatch.setattr(_Checkpoints, "save", save)
+    monkeypatch.setattr(train_module, "tqdm", Bar)
     monkeypatch.setattr(train_module, "make_train", lambda config: trainer._replace(update=update))
     state = train(TINY, tmp_path, frames=10 * TINY.frames_per_iteration, seed=3, progress=False)
     # The signal came inside the second update: the run stops with the first iteration, and saves it whole.

@@ -174,7 +174,7 @@ def train(
         smoothing=0.05,
     )
     warmup = config.num_envs * EPISODE_LIMIT  # frames until every env has finished one episode
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while int(state.frames) < frames:
             t0 = time.monotonic()
@@ -217,18 +217,14 @@ def train(
     except KeyboardInterrupt:
         bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
     finally:
-        bar.close()
-        # Signals that come during the last save (a second Ctrl-C; `uv run` forwarding a SIGTERM that `pkill -f`
-        # also sent to the python process) wait until it is written: cut short, it would lose the iterations
-        # since the previous checkpoint.
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _ignore_signals()  # however the loop ended, nothing may cut the last save short
         try:
+            bar.close()
             ckpts.save(*consistent)
             plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
         finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             env.close()
     return consistent[0]
 
@@ -262,7 +258,16 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
     }
 
 
-def _raise_interrupt(*_):
+def _ignore_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _interrupt_once(*_):
+    """The first SIGTERM or Ctrl-C stops the loop; later ones (a second Ctrl-C; `uv run` forwarding the SIGTERM that
+    `pkill -f` also sent to the python process) are ignored until the last checkpoint is written, since cut short
+    it would lose the iterations since the previous one."""
+    _ignore_signals()
     raise KeyboardInterrupt
 
 
