@@ -604,7 +604,7 @@ def _persistent_compile_cache() -> None:
 
 def _one_cpu_device_per_core() -> None:
     """Expose each CPU core as a JAX device, unless ``XLA_FLAGS`` already sets a count, so that visualization shards
-    its channels and PPO its minibatches over the cores: on 2 cores 1.04-1.31x (visualization) and 1.26x (a PPO
+    its channels and PPO its minibatches over the cores: on 2 cores 1.16-1.60x (visualization) and 1.26x (a PPO
     minibatch) faster than one device running XLA's own threads (`benchmarks/RESULTS.md`). Only takes effect before
     JAX starts its backends; accelerators are unaffected."""
     flags = os.environ.get("XLA_FLAGS", "")
