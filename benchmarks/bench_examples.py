@@ -181,7 +181,8 @@ def check_agreement(
         kept = df[ch][df[ch] >= 0]
         copy = np.min(np.abs(scores[left_out, ch][:, None] - dv[ch][None]), 1) <= tol[ch]
         same_place = np.isin(
-            episodes[left_out] * scores.size + places[left_out, ch], episodes[kept] * scores.size + places[kept, ch]
+            episodes[left_out] * scores.size + places[left_out, ch],
+            episodes[kept] * scores.size + places[kept, ch],
         )
         if not np.all(copy | same_place):
             missing_ok = False

@@ -80,6 +80,21 @@ def test_bad_context_settings_are_clear_errors(heist_frames):
         worker.config(context=context)
 
 
+def test_a_context_is_a_pytree_of_its_frames(heist_frames):
+    # Jitted functions take it as an argument, so its frames are not a constant of the compiled program.
+    context = make_context(heist_frames, (20.5, 40.0), size=SIZE)
+    assert jax.tree.leaves(context) == [context.frames]
+    rebuilt = jax.tree.map(lambda x: x + 0, context)
+    assert (rebuilt.top_left, rebuilt.size, rebuilt.jitter, rebuilt.batch) == (
+        context.top_left,
+        context.size,
+        context.jitter,
+        context.batch,
+    )
+    hlo = jax.jit(lambda c, p: c.paste(p)).lower(context, _patches(1)).as_text()
+    assert len(hlo) < 100_000  # the frames are a parameter (as a closed-over constant: megabytes of text)
+
+
 @pytest.fixture(scope="module")
 def agent():
     return worker.tiny_agent()

@@ -209,7 +209,7 @@ def test_a_second_signal_waits_for_the_last_save(tmp_path, monkeypatch):
     class Bar(train_module.tqdm):
         def close(self):
             closes.append(1)
-            if len(closes) == 1:  # the second signal, as the loop winds down (tqdm closes again when collected)
+            if len(closes) == 1:  # the second signal as the loop winds down; tqdm closes again when collected
                 os.kill(os.getpid(), signal.SIGTERM)
             super().close()
 

@@ -45,7 +45,10 @@ MEASURE_FRAMES = 32
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Context:
-    """Real frames and where a patch goes in them; build with `make_context`. Compared and hashed by identity."""
+    """Real frames and where a patch goes in them; build with `make_context`. Compared and hashed by identity.
+
+    A pytree whose one leaf is ``frames``: jitted functions take a context as an argument, so its frames (tens of
+    MB) are not baked into the compiled program as a constant."""
 
     frames: jax.Array  # float32 (N, 64, 64, 3) in [0, 1]
     top_left: tuple[int, int]  # (y, x) of the patch's unshifted place
@@ -90,6 +93,11 @@ class Context:
 
         per_facet = jax.vmap(jax.vmap(one, (None, 0, 0)), (0, 0, 0))(patches, index, corner)
         return per_facet.reshape(-1, *per_facet.shape[2:])
+
+
+jax.tree_util.register_dataclass(
+    Context, data_fields=["frames"], meta_fields=["top_left", "size", "jitter", "batch"]
+)
 
 
 def make_context(

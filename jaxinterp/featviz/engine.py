@@ -199,7 +199,7 @@ class Visualizer:
         max_images = config.max_images or max(1, config.memory_budget // self.image_bytes)
         self.chunk_channels = _pick_device_rows(max(1, max_images // config.facets), len(self.devices))
         """Most channels optimized in one call (a multiple of the device count)."""
-        self._agent_params = None
+        self._shared = None
         self._compiled: dict[str, Any] = {}
 
     # --- one job: (channel index, K facet keys) ------------------------------------------------------------
@@ -215,8 +215,8 @@ class Visualizer:
         saved = jax.tree.map(lambda x: jnp.broadcast_to(x, (kept + 1, *x.shape)), params)
         return _State(params, self.optimizer.init(params), saved, jnp.int32(0), step_keys)
 
-    def _score(self, agent_params, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
-        context = self.config.context
+    def _score(self, params, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
+        agent_params, context = params  # the context travels as an argument: its frames are no constant
         if context is not None:
             # Activations come from the frames holding the patches, penalties (tv, l2, ...) see the patches.
             seen = context.paste(images, keys)
@@ -231,11 +231,11 @@ class Visualizer:
         acts = read_acts(self.agent, self.agent.forward(agent_params, seen), objective.layers)
         return objective.fn(acts, images, index)
 
-    def _step_job(self, agent_params, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
+    def _step_job(self, params, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
         keys = jax.vmap(jax.random.fold_in, (0, None))(state.step_keys, state.step)
 
         def loss_fn(p):
-            score = self._score(agent_params, index, self.param.apply(p), self.objective, keys)
+            score = self._score(params, index, self.param.apply(p), self.objective, keys)
             return -jnp.sum(score), score
 
         (_, score), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -248,19 +248,19 @@ class Visualizer:
         saved = jax.tree.map(lambda s, p: s.at[slot].set(p), state.saved, params)
         return _State(params, opt_state, saved, step, state.step_keys), -score
 
-    def _finish_job(self, agent_params, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
+    def _finish_job(self, params, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
         kept = len(self.config.kept)
         images = jax.vmap(self.param.apply)(jax.tree.map(lambda s: s[:kept], state.saved))  # (T, K, H, W, 3)
         flat = images.reshape(-1, *images.shape[2:])
-        values = self._score(agent_params, index, flat, self.measure).reshape(images.shape[:2])
+        values = self._score(params, index, flat, self.measure).reshape(images.shape[:2])
         return images, values
 
-    def _run_job(self, agent_params, index, key_data, impl):
+    def _run_job(self, params, index, key_data, impl):
         state = self._init_job(index, jax.random.wrap_key_data(key_data, impl=impl))
         state, losses = jax.lax.scan(
-            lambda s, _: self._step_job(agent_params, index, s), state, None, length=self.config.steps
+            lambda s, _: self._step_job(params, index, s), state, None, length=self.config.steps
         )
-        images, values = self._finish_job(agent_params, index, state)
+        images, values = self._finish_job(params, index, state)
         return images, values, losses.T
 
     # --- compiled, vmapped over channels and sharded over devices -------------------------------------------
@@ -312,9 +312,12 @@ class Visualizer:
         return jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
 
     def _params(self):
-        if self._agent_params is None:
-            self._agent_params = jax.tree.map(lambda x: self._global(x, self._replicated), self.agent.params)
-        return self._agent_params
+        """(agent params, context or None) on every device: what each job reads besides its own state."""
+        if self._shared is None:
+            self._shared = jax.tree.map(
+                lambda x: self._global(x, self._replicated), (self.agent.params, self.config.context)
+            )
+        return self._shared
 
     def channels_for(self, channels: Sequence[int] | int | None) -> np.ndarray:
         """Checked channel indices as an int32 array; None means every index (or [0] if the objective has none)."""
