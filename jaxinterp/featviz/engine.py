@@ -215,8 +215,8 @@ class Visualizer:
         saved = jax.tree.map(lambda x: jnp.broadcast_to(x, (kept + 1, *x.shape)), params)
         return _State(params, self.optimizer.init(params), saved, jnp.int32(0), step_keys)
 
-    def _score(self, params, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
-        agent_params, context = params  # the context travels as an argument: its frames are no constant
+    def _score(self, shared, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
+        agent_params, context = shared  # the context travels as an argument: its frames are no constant
         if context is not None:
             # Activations come from the frames holding the patches, penalties (tv, l2, ...) see the patches.
             seen = context.paste(images, keys)
@@ -231,11 +231,11 @@ class Visualizer:
         acts = read_acts(self.agent, self.agent.forward(agent_params, seen), objective.layers)
         return objective.fn(acts, images, index)
 
-    def _step_job(self, params, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
+    def _step_job(self, shared, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
         keys = jax.vmap(jax.random.fold_in, (0, None))(state.step_keys, state.step)
 
         def loss_fn(p):
-            score = self._score(params, index, self.param.apply(p), self.objective, keys)
+            score = self._score(shared, index, self.param.apply(p), self.objective, keys)
             return -jnp.sum(score), score
 
         (_, score), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -248,19 +248,19 @@ class Visualizer:
         saved = jax.tree.map(lambda s, p: s.at[slot].set(p), state.saved, params)
         return _State(params, opt_state, saved, step, state.step_keys), -score
 
-    def _finish_job(self, params, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
+    def _finish_job(self, shared, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
         kept = len(self.config.kept)
         images = jax.vmap(self.param.apply)(jax.tree.map(lambda s: s[:kept], state.saved))  # (T, K, H, W, 3)
         flat = images.reshape(-1, *images.shape[2:])
-        values = self._score(params, index, flat, self.measure).reshape(images.shape[:2])
+        values = self._score(shared, index, flat, self.measure).reshape(images.shape[:2])
         return images, values
 
-    def _run_job(self, params, index, key_data, impl):
+    def _run_job(self, shared, index, key_data, impl):
         state = self._init_job(index, jax.random.wrap_key_data(key_data, impl=impl))
         state, losses = jax.lax.scan(
-            lambda s, _: self._step_job(params, index, s), state, None, length=self.config.steps
+            lambda s, _: self._step_job(shared, index, s), state, None, length=self.config.steps
         )
-        images, values = self._finish_job(params, index, state)
+        images, values = self._finish_job(shared, index, state)
         return images, values, losses.T
 
     # --- compiled, vmapped over channels and sharded over devices -------------------------------------------
@@ -311,7 +311,7 @@ class Visualizer:
         data = np.asarray(data)
         return jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
 
-    def _params(self):
+    def _shared_inputs(self):
         """(agent params, context or None) on every device: what each job reads besides its own state."""
         if self._shared is None:
             self._shared = jax.tree.map(
@@ -386,17 +386,17 @@ class Visualizer:
 
     def _run_chunk(self, impl: str, index: np.ndarray, keys: np.ndarray):
         fns = self._functions(impl)
-        params = self._params()
+        shared = self._shared_inputs()
         index_g, keys_g = self._global(index, self._sharded), self._global(keys, self._sharded)
         if self.config.scan:
-            out = fns["run"](params, index_g, keys_g)
+            out = fns["run"](shared, index_g, keys_g)
             return tuple(self._host(x) for x in out)
         state = fns["init"](index_g, keys_g)
         losses = []
         for _ in range(self.config.steps):
-            state, loss = fns["step"](params, index_g, state)
+            state, loss = fns["step"](shared, index_g, state)
             losses.append(loss)
-        images, values = fns["finish"](params, index_g, state)
+        images, values = fns["finish"](shared, index_g, state)
         return self._host(images), self._host(values), np.stack([self._host(x) for x in losses], axis=-1)
 
     def _check_finite(self, channels: np.ndarray, images, values, losses) -> None:
