@@ -21,7 +21,9 @@ What is timed:
 * lucent: the optimizer steps only. An Adam subclass timestamps every step; the first ``--warmup`` steps of each
   ``render_vis`` call are dropped, and so is each call's setup (hooks, parameter creation, image export).
 * 2 host devices (``--xla_force_host_platform_device_count=2``, which must be set before jax starts): a
-  subprocess of this script times jaxinterp (scan) on 1 device and on 2 devices of that same process.
+  subprocess of this script times jaxinterp (scan) on 1 device and on 2 devices of that same process. To compare
+  with lucent side by side the way ``jaxinterp visualize`` runs on a 2-core CPU (one device per core), set that
+  flag in ``XLA_FLAGS`` for the whole script and pass ``--no-devices``: jaxinterp then shards over both.
 * ``--all-conv``: every channel of every convolution of the network (400 for impala) in one jaxinterp call,
   one objective family over all of them (index -> (layer, channel)), so one compile serves them all; each job runs
   the network up to the last stage, more work than a per-layer run, never less.
