@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from bench_forward import best_of  # benchmarks/ is on sys.path when run as a script
 
 import jaxinterp
 from jaxinterp.envs.dataset import Dataset
@@ -210,7 +211,10 @@ def forward_flops(agent, layer: str | None, batch: int = 32) -> float:
     return float(cost["flops"]) / batch
 
 
-def matmul_ceiling(size: int = 2048, repeats: int = 10) -> tuple[float, float]:
+MATMUL_SIZE = 2048
+
+
+def matmul_ceiling(size: int = MATMUL_SIZE, repeats: int = 10) -> tuple[float, float]:
     """(JAX, torch) GFLOP/s of one f32 ``size``² matmul, best of ``repeats``: what this CPU's cores sustain on the
     friendliest dense job, the ceiling for any convolution."""
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
@@ -218,14 +222,9 @@ def matmul_ceiling(size: int = 2048, repeats: int = 10) -> tuple[float, float]:
     jdot = jax.jit(jnp.dot)
     ta = torch.from_numpy(a)
     flops = 2 * size**3 / 1e9
-    jax_s = best_of_calls(lambda: jdot(ja, ja).block_until_ready(), repeats)
-    torch_s = best_of_calls(lambda: torch.mm(ta, ta), repeats)
+    jax_s = best_of(lambda: jdot(ja, ja).block_until_ready(), repeats)
+    torch_s = best_of(lambda: torch.mm(ta, ta), repeats)
     return flops / jax_s, flops / torch_s
-
-
-def best_of_calls(fn, repeats: int) -> float:
-    fn()
-    return min(timed(fn)[0] for _ in range(repeats))
 
 
 # ----------------------------------------------------------------------------------------------------- profile
@@ -547,7 +546,7 @@ def main() -> None:
     full = forward_flops(agent, None)
     print(
         f"What 3x would take: the torch hook loop runs the whole network ({full / 1e6:.1f} MFLOP per frame, XLA's "
-        f"count); a {2048}² f32 matmul runs at {jax_peak:.0f} GFLOP/s in JAX and {torch_peak:.0f} in torch "
+        f"count); a {MATMUL_SIZE}² f32 matmul runs at {jax_peak:.0f} GFLOP/s in JAX and {torch_peak:.0f} in torch "
         f"({torch.get_num_threads()} threads) on this machine.\n"
     )
     print(
