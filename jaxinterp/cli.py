@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxinterp.cli_sae import add_commands as add_sae_commands
 from jaxinterp.errors import JaxinterpError
 
 if TYPE_CHECKING:
@@ -552,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", required=True)
     v.set_defaults(func=cmd_visualize)
+
+    add_sae_commands(sub)
     return p
 
 
@@ -568,7 +571,7 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
 
 
 # Commands whose work is split over the local devices (data parallel or sharded channels).
-SPLIT_CPU_COMMANDS = ("visualize", "train-agent", "rollout", "evaluate")
+SPLIT_CPU_COMMANDS = ("visualize", "train-agent", "rollout", "evaluate", "sae")
 
 
 def entry() -> int:

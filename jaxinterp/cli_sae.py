@@ -1,0 +1,184 @@
+"""``jaxinterp sae …``: train, evaluate, track, export and import sparse autoencoders (the CLI's SAE group)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from jaxinterp.errors import JaxinterpError
+
+DEFAULT_LAYER = "conv_seqs.2.res_block1"
+DEFAULT_FRAMES = (
+    16384  # frames recorded when no --dataset is given: ~1M samples at the last stage (8x8 positions)
+)
+
+
+def _agent(args):
+    from jaxinterp.weights.store import default_checkpoint, load_agent
+
+    return load_agent(args.checkpoint or default_checkpoint())
+
+
+def _dataset(dataset: str | None, agent, out: Path, frames: int | None = None):
+    """``--dataset``; else, when training, the agent's own play on unbounded easy levels recorded once under
+    ``out/data`` (resumable); else that recording if it exists."""
+    from jaxinterp.envs.dataset import META_FILE, Dataset
+    from jaxinterp.envs.heist import HeistConfig
+    from jaxinterp.envs.rollout import agent_policy, collect
+
+    if dataset:
+        return Dataset(dataset)
+    if frames:
+        return collect(
+            out / "data", frames=frames, policy=agent_policy(agent), env_config=HeistConfig(seed=0), seed=0
+        )
+    if (out / "data" / META_FILE).exists():
+        return Dataset(out / "data")
+    raise JaxinterpError(f"no dataset for {out}: pass --dataset (a `jaxinterp rollout` directory)")
+
+
+def cmd_train(args) -> None:
+    from jaxinterp.cli import _parse_config
+    from jaxinterp.sae.config import SAEConfig, parse_sweep
+    from jaxinterp.sae.runs import format_summary, train_saes
+
+    agent = _agent(args)
+    layer = agent.check_layers([args.layer])[0]
+    base = {
+        "d_in": agent.layer_shapes[layer][-1],
+        **{k: v for k, v in (("arch", args.arch), ("k", args.k), ("width", args.width)) if v is not None},
+        **{k: v for k, v in (("sparsity_coef", args.sparsity_coef), ("lr", args.lr)) if v is not None},
+        **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None},
+        **_parse_config(args.config),
+    }
+    configs = [SAEConfig.from_dict(base | point) for point in (parse_sweep(args.sweep) or [{}])]
+    out = Path(args.out)
+    dataset = _dataset(args.dataset, agent, out, frames=args.frames or DEFAULT_FRAMES)
+    dirs = train_saes(agent, dataset, layer, configs, out, data_seed=args.seed, evaluate=not args.no_eval)
+    if not args.no_eval:
+        import json
+
+        from jaxinterp.sae.runs import EVAL_FILE
+
+        print(format_summary([json.loads((d / EVAL_FILE).read_text()) for d in dirs]))
+    print(f"wrote {len(dirs)} SAE(s) to {out} (SAELens layout: cfg.json, sae_weights.safetensors)")
+
+
+def cmd_eval(args) -> None:
+    from jaxinterp.sae.runs import evaluate_saes, format_summary, member_dirs
+
+    agent = _agent(args)
+    dirs = member_dirs(args.sae)
+    sweep_dir = dirs[0].parent
+    dataset = _dataset(args.dataset, agent, sweep_dir)
+    summary = evaluate_saes(agent, dataset, dirs, cache_dir=sweep_dir)
+    print(format_summary(summary))
+
+
+def cmd_export(args) -> None:
+    from jaxinterp.sae.runs import member_dirs
+
+    out = Path(args.out)
+    for d in member_dirs(args.sae):
+        target = out / d.name if len(member_dirs(args.sae)) > 1 else out
+        target.mkdir(parents=True, exist_ok=True)
+        for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+            if (d / f).exists():
+                shutil.copy2(d / f, target / f)
+        print(f"exported {d} -> {target}")
+
+
+def cmd_import(args) -> None:
+    from jaxinterp.sae.files import save_sae
+    from jaxinterp.sae.runs import load_member
+
+    agent = _agent(args)
+    sae = load_member(args.source, agent)
+    if args.layer:
+        sae = sae._replace(layer=agent.check_layers([args.layer])[0])
+        sae.cfg.setdefault("metadata", {})["hook_name"] = sae.layer
+    save_sae(sae, args.out)
+    print(f"imported {args.source} ({sae.arch}, {sae.d_in} -> {sae.d_sae}, layer {sae.layer}) -> {args.out}")
+
+
+def cmd_track(args) -> None:
+    from jaxinterp.sae.track import track_episodes
+
+    agent = _agent(args)
+    written = track_episodes(
+        agent,
+        args.sae,
+        out_dir=args.out,
+        latent=args.latent,
+        object_class=args.object,
+        episodes=args.episodes,
+        seed=args.seed,
+        max_steps=args.max_steps,
+    )
+    for line in written:
+        print(line)
+
+
+def add_commands(sub) -> None:
+    """Register ``jaxinterp sae <train|eval|track|export|import>`` on the top-level subparsers."""
+    sae = sub.add_parser(
+        "sae", help="sparse autoencoders: train (sweeps in one jitted step), eval, track, export, import"
+    )
+    group = sae.add_subparsers(dest="sae_command", required=True)
+
+    t = group.add_parser(
+        "train", help="train an SAE (or a sweep) on a layer; exports SAELens files and evaluates"
+    )
+    t.add_argument("--layer", default=DEFAULT_LAYER, help=f"layer to read (default {DEFAULT_LAYER})")
+    t.add_argument("--dataset", help="rollout dataset (default: record the agent's own play under OUT/data)")
+    t.add_argument(
+        "--frames", type=int, default=0, help=f"frames to record without --dataset (default {DEFAULT_FRAMES})"
+    )
+    t.add_argument("--arch", help="topk (default), batchtopk, jumprelu or relu")
+    t.add_argument(
+        "--k", type=int, help="active latents per position (topk, batchtopk; jumprelu's target L0)"
+    )
+    t.add_argument("--width", type=int, help="latents (d_sae); default 256")
+    t.add_argument("--sparsity-coef", type=float, help="L1 (relu) or L0 (jumprelu) coefficient")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument(
+        "--sweep", help='a grid trained in one program, e.g. "k=4,8,16 arch=topk,jumprelu seed=0,1"'
+    )
+    t.add_argument("--config", help="other SAEConfig fields as key=value,... (e.g. dead_samples=500000)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the data order (members have their own seed)")
+    t.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation after training")
+    t.add_argument("--out", default="sae", help="sweep directory (default sae/); rerun to resume")
+    t.set_defaults(func=cmd_train)
+
+    e = group.add_parser("eval", help="held-out reconstruction, policy fidelity and object scores of SAE(s)")
+    e.add_argument("--sae", required=True, help="an SAE directory or a sweep directory")
+    e.add_argument("--dataset", help="rollout dataset (default: the sweep's own data/)")
+    e.set_defaults(func=cmd_eval)
+
+    k = group.add_parser("track", help="a latent's map over an episode's frames, as GIFs and strips, with F1")
+    k.add_argument("--sae", required=True, help="an SAE directory")
+    k.add_argument("--latent", type=int, help="latent index (default: the best latent for --object)")
+    k.add_argument("--object", help="object class to score against (default: the latent's best class)")
+    k.add_argument("--episodes", type=int, default=2)
+    k.add_argument("--max-steps", type=int, default=300, help="frames per episode at most")
+    k.add_argument("--seed", type=int, default=0, help="level seed of the first episode")
+    k.add_argument("--out", required=True)
+    k.set_defaults(func=cmd_track)
+
+    x = group.add_parser("export", help="copy SAE(s) out of a sweep directory in SAELens' layout")
+    x.add_argument("--sae", required=True, help="an SAE directory or a sweep directory")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    m = group.add_parser(
+        "import", help="read an SAE in SAELens' layout (yours or SAELens'), check it, save it here"
+    )
+    m.add_argument("source", help="directory with cfg.json and sae_weights.safetensors")
+    m.add_argument("--layer", help="the agent layer it reads (default: cfg.json's metadata.hook_name)")
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=cmd_import)
+
+    for p in (t, e, k, m):
+        p.add_argument("--checkpoint", help="agent weights (default: the shipped agent in weights/)")

@@ -1,0 +1,204 @@
+"""How good an SAE is: reconstruction (L0, FVU, ...), policy fidelity with the reconstruction spliced into the agent,
+and ground truth: how well latents, against raw channels, pick out the game's objects at their positions.
+
+All on held-out samples. FVU is pooled: summed squared error over the summed squared deviation from the mean.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.envs.objects import OBJECT_CLASSES
+from jaxinterp.models.agent import Agent, preprocess
+from jaxinterp.sae import model
+from jaxinterp.sae.files import SAE
+
+DENSE_FREQUENCY = 0.1  # a latent firing at more than this fraction of positions is dense
+BATCH = 4096  # samples per encoder pass
+FRAMES_PER_PASS = 64  # frames per spliced forward pass
+
+
+def encode_in_batches(sae: SAE, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    """Latents of (S, d_in) samples, in passes of ``batch`` samples."""
+    out = [
+        np.asarray(_encode(sae.arch, sae.params, jnp.asarray(x[i : i + batch]), sae.k))
+        for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, sae.d_sae), np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(arch, params, x, k):
+    return model.encode(arch, params, x, jnp.int32(k))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(arch, params, x, k):
+    z = model.encode(arch, params, x, jnp.int32(k))
+    return z, model.decode(params, z)
+
+
+def reconstruction(sae: SAE, x: np.ndarray, batch: int = BATCH) -> dict:
+    """L0, MSE, pooled FVU, mean cosine similarity and L2 ratio, dead and dense fractions, and each latent's log10
+    firing frequency, on samples ``x`` (S, d_in) of raw activations."""
+    x = np.asarray(x, np.float32)
+    err2 = dev_cos = 0.0
+    l0 = cos = ratio = 0.0
+    fired = np.zeros(sae.d_sae, np.int64)
+    mean = x.mean(0)
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        z, xh = (
+            np.asarray(a, np.float64) for a in _reconstruct(sae.arch, sae.params, jnp.asarray(xb), sae.k)
+        )
+        xb = xb.astype(np.float64)
+        err2 += float(((xb - xh) ** 2).sum())
+        dev_cos += float(((xb - mean) ** 2).sum())
+        l0 += float((z > 0).sum())
+        nx, nh = np.linalg.norm(xb, axis=1), np.linalg.norm(xh, axis=1)
+        cos += float((np.sum(xb * xh, 1) / np.maximum(nx * nh, 1e-12)).sum())
+        ratio += float((nh / np.maximum(nx, 1e-12)).sum())
+        fired += (z > 0).sum(0)
+    n = len(x)
+    freq = fired / max(n, 1)
+    return {
+        "samples": n,
+        "l0": l0 / n,
+        "mse": err2 / (n * x.shape[1]),
+        "fvu": err2 / max(dev_cos, 1e-12),
+        "cosine": cos / n,
+        "l2_ratio": ratio / n,
+        "dead_fraction": float((fired == 0).mean()),
+        "dense_fraction": float((freq > DENSE_FREQUENCY).mean()),
+        "log10_frequency": np.log10(np.maximum(freq, 1e-10)).astype(np.float32),
+    }
+
+
+def splice(sae: SAE, acts: jax.Array) -> jax.Array:
+    """The SAE's reconstruction of a layer's activation, per position (NHWC or (N, d_in))."""
+    flat = acts.reshape(-1, acts.shape[-1])
+    return model.decode(sae.params, model.encode(sae.arch, sae.params, flat, jnp.int32(sae.k))).reshape(
+        acts.shape
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("agent", "layer", "arch"))
+def _fidelity_pass(agent: Agent, layer: str, arch: str, params, sae_params, k, obs, mean_act):
+    images = preprocess(obs)
+    clean = agent.forward(params, images)
+    x = clean[layer]
+    sae = SAE(arch, k, sae_params, layer, {})
+    replaced = {"sae": splice(sae, x), "zero": jnp.zeros_like(x), "mean": jnp.broadcast_to(mean_act, x.shape)}
+    logp = jax.nn.log_softmax(clean[agent.arch.logits])
+    value = clean[agent.arch.value][:, 0]
+    out = {}
+    for name, r in replaced.items():
+        acts = agent.forward(params, images, {layer: r - x})
+        lq = jax.nn.log_softmax(acts[agent.arch.logits])
+        out[name] = {
+            "kl": jnp.sum(jnp.exp(logp) * (logp - lq), -1),
+            "agree": jnp.argmax(lq, -1) == jnp.argmax(logp, -1),
+            "dvalue": jnp.abs(acts[agent.arch.value][:, 0] - value),
+        }
+    return out
+
+
+def policy_fidelity(agent: Agent, sae: SAE, frames: np.ndarray, mean_act: np.ndarray) -> dict:
+    """With the SAE's reconstruction spliced into its layer for the rest of the forward pass, on uint8 ``frames``:
+    action agreement (argmax) with the clean agent, mean policy KL(clean || spliced), mean |value change|, and
+    SAELens' KL score against zero and against mean ablation of the layer (1 = as good as clean, 0 = as bad as the
+    ablation). ``mean_act`` is the layer's mean activation per position (for mean ablation)."""
+    sums: dict[str, dict[str, float]] = {}
+    for i in range(0, len(frames), FRAMES_PER_PASS):
+        out = _fidelity_pass(
+            agent,
+            sae.layer,
+            sae.arch,
+            agent.params,
+            sae.params,
+            sae.k,
+            jnp.asarray(frames[i : i + FRAMES_PER_PASS]),
+            jnp.asarray(mean_act),
+        )
+        for name, fields in out.items():
+            for f, v in fields.items():
+                sums.setdefault(name, {}).setdefault(f, 0.0)
+                sums[name][f] += float(np.sum(np.asarray(v, np.float64)))
+    n = len(frames)
+    means = {name: {f: v / n for f, v in fields.items()} for name, fields in sums.items()}
+    kl = means["sae"]["kl"]
+    return {
+        "frames": n,
+        "action_agreement": means["sae"]["agree"],
+        "kl": kl,
+        "value_change": means["sae"]["dvalue"],
+        "kl_score_zero": 1 - kl / means["zero"]["kl"] if means["zero"]["kl"] > 0 else float("nan"),
+        "kl_score_mean": 1 - kl / means["mean"]["kl"] if means["mean"]["kl"] > 0 else float("nan"),
+        "zero_ablation": means["zero"],
+        "mean_ablation": means["mean"],
+    }
+
+
+def objects_present(object_maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W, K) bool: which object classes have any pixel in each position's block of the frame."""
+    n, h, w = object_maps.shape
+    onehot = object_maps[..., None] == np.arange(len(OBJECT_CLASSES), dtype=object_maps.dtype)
+    return onehot.reshape(n, height, h // height, width, w // width, -1).any((2, 4))
+
+
+class ObjectScores(NamedTuple):
+    """Per feature (latent or channel) and object class: precision, recall and F1 of "fires here" against "the
+    class is under this position" (at the layer's resolution); ``threshold`` is what "fires" meant."""
+
+    precision: np.ndarray  # (F, K)
+    recall: np.ndarray
+    f1: np.ndarray
+    threshold: np.ndarray  # (F, K)
+
+    def best(self) -> dict[str, tuple[int, float]]:
+        """Per class: the feature with the highest F1, and that F1."""
+        idx = np.nanargmax(np.nan_to_num(self.f1, nan=-1), axis=0)
+        return {c: (int(idx[j]), float(self.f1[idx[j], j])) for j, c in enumerate(OBJECT_CLASSES)}
+
+
+def _scores(fires: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    f, p = fires.astype(np.float32), present.astype(np.float32)
+    tp = f.T @ p  # (F, K)
+    fired, there = f.sum(0)[:, None], p.sum(0)[None, :]
+    precision = np.where(fired > 0, tp / np.maximum(fired, 1), 0.0)
+    recall = np.where(there > 0, tp / np.maximum(there, 1), np.nan)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return precision, recall, np.where(there > 0, f1, np.nan)
+
+
+def object_scores(
+    values: np.ndarray, present: np.ndarray, *, thresholds: np.ndarray | None = None
+) -> ObjectScores:
+    """Scores of features ``values`` (S, F) against ``present`` (S, K). SAE latents fire when > 0 (``thresholds``
+    None). Raw channels have no natural zero, so pass candidate thresholds (Q, F): each (channel, class) keeps the
+    one with the best F1, which favours channels, so a latent that beats them does so with a margin."""
+    if thresholds is None:
+        p, r, f1 = _scores(values > 0, present)
+        return ObjectScores(p, r, f1, np.zeros_like(f1))
+    best = None
+    for t in thresholds:
+        p, r, f1 = _scores(values > t, present)
+        cand = (p, r, f1, np.broadcast_to(t[:, None], f1.shape))
+        if best is None:
+            best = cand
+        else:
+            better = np.nan_to_num(f1, nan=-1) > np.nan_to_num(best[2], nan=-1)
+            best = tuple(np.where(better, c, b) for c, b in zip(cand, best, strict=True))
+    return ObjectScores(*best)
+
+
+def channel_thresholds(
+    values: np.ndarray, quantiles=(0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+) -> np.ndarray:
+    """(Q, F) candidate thresholds for raw channels: their quantiles over the samples."""
+    return np.quantile(values, quantiles, axis=0)

@@ -1,0 +1,204 @@
+"""The SAE itself: parameters, the four encoders, the decoder and the training loss, as pure per-member functions.
+
+Shapes follow SAELens: ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in); the encoder sees ``x - b_dec``
+(``apply_b_dec_to_input``). ``k`` may be a traced value (the k-th largest is read from a sort, not ``lax.top_k``),
+so one compiled step serves members with different k.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.sae.config import SAEConfig
+
+
+class SAEParams(NamedTuple):
+    """One SAE. ``threshold``: jumprelu's learned per-latent threshold, batchtopk's global inference threshold
+    (the same value in every entry); unused by relu and topk. It is trained as is, not as a logarithm: Adam moves a
+    parameter about ``lr`` per step, and a log-threshold starting at 1e-3 took thousands of steps to reach the
+    pre-activations' scale (on synthetic data, L0 stayed 7x the target after 1500 steps)."""
+
+    W_enc: jax.Array  # (d_in, d_sae)
+    b_enc: jax.Array  # (d_sae,)
+    W_dec: jax.Array  # (d_sae, d_in)
+    b_dec: jax.Array  # (d_in,)
+    threshold: jax.Array  # (d_sae,)
+
+
+class Hyper(NamedTuple):
+    """The traced settings of one member (see `config.TRACED`); stacked along a leading axis for a sweep."""
+
+    k: jax.Array  # int32
+    sparsity_coef: jax.Array  # float32
+    lr: jax.Array  # float32
+
+
+def hyper_of(config: SAEConfig) -> Hyper:
+    return Hyper(jnp.int32(config.k), jnp.float32(config.sparsity_coef), jnp.float32(config.lr))
+
+
+def init_params(config: SAEConfig, key: jax.Array, b_dec: jax.Array) -> SAEParams:
+    """Unit-norm random decoder rows, the encoder their transpose, ``b_dec`` given (the data's geometric median)."""
+    w_dec = jax.random.normal(key, (config.width, config.d_in), jnp.float32)
+    w_dec = w_dec / jnp.linalg.norm(w_dec, axis=1, keepdims=True)
+    return SAEParams(
+        W_enc=w_dec.T,
+        b_enc=jnp.zeros(config.width, jnp.float32),
+        W_dec=w_dec,
+        b_dec=jnp.asarray(b_dec, jnp.float32),
+        threshold=jnp.full(config.width, config.threshold_init, jnp.float32),
+    )
+
+
+def pre_activations(params: SAEParams, x: jax.Array) -> jax.Array:
+    return (x - params.b_dec) @ params.W_enc + params.b_enc
+
+
+def decode(params: SAEParams, z: jax.Array) -> jax.Array:
+    return z @ params.W_dec + params.b_dec
+
+
+def kth_largest(values: jax.Array, k: jax.Array) -> jax.Array:
+    """The k-th largest entry along the last axis (k traced), kept as an axis of size 1."""
+    n = values.shape[-1]
+    return jnp.take(jnp.sort(values, axis=-1), n - k, axis=-1)[..., None]
+
+
+def top_k_mask(pre: jax.Array, k: jax.Array) -> jax.Array:
+    """ReLU of the k largest pre-activations per sample, zero elsewhere."""
+    return jnp.where(pre >= kth_largest(pre, k), jax.nn.relu(pre), 0.0)
+
+
+def batch_top_k(pre: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """ReLU of the ``k x batch`` largest pre-activations over the whole batch, and the smallest value kept."""
+    r = jax.nn.relu(pre)
+    cut = kth_largest(r.reshape(-1), k * pre.shape[0])[0]
+    z = jnp.where((r >= cut) & (r > 0), r, 0.0)
+    kept_min = jnp.min(jnp.where(z > 0, z, jnp.inf))
+    return z, kept_min
+
+
+def _rectangle(u: jax.Array) -> jax.Array:
+    return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return g.reshape(-1, *shape).sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jumprelu(x: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+    """``x * (x > threshold)``; its threshold gradient is the straight-through estimate with a rectangle kernel of
+    width ``bandwidth`` (Rajamanoharan et al. 2024): the derivative of the loss with the jump smoothed to a ramp."""
+    return x * (x > threshold)
+
+
+def _jumprelu_fwd(x, threshold, bandwidth):
+    return jumprelu(x, threshold, bandwidth), (x, threshold)
+
+
+def _jumprelu_bwd(bandwidth, res, g):
+    x, threshold = res
+    dx = g * (x > threshold)
+    dt = -(threshold / bandwidth) * _rectangle((x - threshold) / bandwidth) * g
+    return dx, _sum_to(dt, threshold.shape)
+
+
+jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def step(x: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+    """The Heaviside step ``x > threshold`` (what L0 counts), with the same straight-through threshold gradient."""
+    return (x > threshold).astype(x.dtype)
+
+
+def _step_fwd(x, threshold, bandwidth):
+    return step(x, threshold, bandwidth), (x, threshold)
+
+
+def _step_bwd(bandwidth, res, g):
+    x, threshold = res
+    dt = -(1.0 / bandwidth) * _rectangle((x - threshold) / bandwidth) * g
+    return jnp.zeros_like(x), _sum_to(dt, threshold.shape)
+
+
+step.defvjp(_step_fwd, _step_bwd)
+
+
+def encode(arch: str, params: SAEParams, x: jax.Array, k: jax.Array) -> jax.Array:
+    """Latents for inference: batchtopk uses its learned global threshold (a JumpReLU), so a sample's code does
+    not depend on the rest of its batch."""
+    pre = pre_activations(params, x)
+    if arch == "relu":
+        return jax.nn.relu(pre)
+    if arch == "topk":
+        return top_k_mask(pre, k)
+    return pre * (pre > params.threshold)  # jumprelu and batchtopk
+
+
+class Terms(NamedTuple):
+    """The named parts of one member's loss on one batch, and what the training log shows."""
+
+    loss: jax.Array
+    recon: jax.Array  # mean squared error per element
+    sparsity: jax.Array  # the L1 / L0 term (after its warm-up factor)
+    aux: jax.Array  # the AuxK term
+    l0: jax.Array  # active latents per sample
+    fvu: jax.Array  # pooled fraction of variance unexplained
+    kept_min: jax.Array  # batchtopk: the smallest activation kept (feeds its inference threshold)
+
+
+def loss(
+    config: SAEConfig,
+    params: SAEParams,
+    x: jax.Array,
+    hyper: Hyper,
+    dead: jax.Array,
+    warm: jax.Array,
+) -> tuple[jax.Array, tuple[jax.Array, Terms]]:
+    """The training loss of one member on a batch ``x`` (B, d_in), with its latents and named terms.
+
+    ``dead`` (d_sae,) marks latents that AuxK should revive; ``warm`` in [0, 1] scales the sparsity term.
+    """
+    pre = pre_activations(params, x)
+    kept_min = jnp.float32(jnp.inf)
+    if config.arch == "relu":
+        z = jax.nn.relu(pre)
+        norms = jnp.linalg.norm(params.W_dec, axis=1)
+        sparsity = hyper.sparsity_coef * jnp.mean(jnp.sum(z * norms, -1))
+    elif config.arch == "topk":
+        z, sparsity = top_k_mask(pre, hyper.k), jnp.float32(0.0)
+    elif config.arch == "batchtopk":
+        (z, kept_min), sparsity = batch_top_k(pre, hyper.k), jnp.float32(0.0)
+    else:
+        threshold = params.threshold
+        z = jumprelu(pre, threshold, config.bandwidth)
+        l0 = jnp.mean(jnp.sum(step(pre, threshold, config.bandwidth), -1))
+        penalty = (l0 / hyper.k - 1.0) ** 2 if config.target_l0 else l0
+        sparsity = hyper.sparsity_coef * penalty
+    x_hat = decode(params, z)
+    err = x - x_hat
+    recon = jnp.mean(err**2)
+    aux = _auxk(config, params, pre, err, dead) if config.arch in ("topk", "batchtopk") else jnp.float32(0.0)
+    sparsity = warm * sparsity
+    total = recon + sparsity + config.aux_coef * aux
+    fvu = jnp.sum(err**2) / jnp.sum((x - x.mean(0)) ** 2)
+    l0 = jnp.mean(jnp.sum(z > 0, -1))
+    return total, (z, Terms(total, recon, sparsity, aux, l0, fvu, kept_min))
+
+
+def _auxk(config: SAEConfig, params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array) -> jax.Array:
+    """AuxK (Gao et al. 2024): the ``k_aux`` largest dead latents reconstruct the residual ``err``, normalized by its
+    variance. The reconstruction is ``z @ W_dec`` with no ``b_dec`` (adding it counts the bias twice)."""
+    masked = jnp.where(dead, pre, -jnp.inf)
+    values, idx = jax.lax.top_k(masked, config.k_aux)
+    values = jnp.where(jnp.isfinite(values), jax.nn.relu(values), 0.0)
+    recon = jnp.einsum("bk,bkd->bd", values, params.W_dec[idx])
+    target = jax.lax.stop_gradient(err)
+    scale = jnp.sum((target - target.mean(0)) ** 2)
+    return jnp.where(jnp.any(dead), jnp.sum((target - recon) ** 2) / jnp.maximum(scale, 1e-12), 0.0)

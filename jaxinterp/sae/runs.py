@@ -1,0 +1,190 @@
+"""A sweep directory on disk: train SAEs on an agent's layer, export every member in SAELens' layout, evaluate.
+
+Layout of ``out/``::
+
+    sweep.json, metrics.jsonl, checkpoint/    the training run (`train.train_sweep`), resumable
+    activations/<layer>.npy                   the layer's activations over the dataset (memory-mapped)
+    <member name>/                            cfg.json, sae_weights.safetensors, sparsity.safetensors, eval.json
+    summary.json, frontier.png                every member's held-out metrics; L0 against FVU
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxinterp.envs.dataset import Dataset
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import Agent
+from jaxinterp.sae import metrics
+from jaxinterp.sae.config import SAEConfig
+from jaxinterp.sae.data import ActivationSource, evenly
+from jaxinterp.sae.files import CFG_FILE, SAE, from_training, load_sae, save_sae
+from jaxinterp.sae.train import train_sweep
+
+EVAL_SAMPLES = 65536  # held-out samples for the reconstruction metrics
+EVAL_FRAMES = 1024  # held-out frames for policy fidelity and object scores
+SUMMARY_FILE = "summary.json"
+EVAL_FILE = "eval.json"
+
+
+def activation_source(
+    agent: Agent, dataset: Dataset, layer: str, out: Path, progress: bool = True
+) -> ActivationSource:
+    stem = "act_" + "".join(c if c.isalnum() else "_" for c in layer)
+    return ActivationSource.from_dataset(
+        agent, dataset, layer, out / "activations" / f"{stem}.npy", progress=progress
+    )
+
+
+def train_saes(
+    agent: Agent,
+    dataset: Dataset,
+    layer: str,
+    configs: Sequence[SAEConfig],
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str = "",
+    data_seed: int = 0,
+    progress: bool = True,
+    evaluate: bool = True,
+) -> list[Path]:
+    """Train ``configs`` on ``layer`` over ``dataset``, export each member to ``out_dir/<name>/`` and (with
+    ``evaluate``) write its held-out metrics; returns the member directories in config order."""
+    out = Path(out_dir)
+    names = [c.name() for c in configs]
+    if len(set(names)) < len(names):
+        raise JaxinterpError(
+            f"two SAEs of the sweep have the same settings: {min(n for n in names if names.count(n) > 1)}"
+        )
+    source = activation_source(agent, dataset, layer, out, progress)
+    result = train_sweep(configs, source, out, data_seed=data_seed, progress=progress)
+    model_name = model_name or f"jaxinterp/{agent.arch.name}/{agent.params_digest()}"
+    dirs = []
+    for name, config, params in zip(names, result.configs, result.params, strict=True):
+        sae = from_training(config, params, result.scale, layer=layer, model_name=model_name)
+        dirs.append(save_sae(sae, out / name))
+    if evaluate:
+        evaluate_saes(agent, dataset, dirs, source=source, progress=progress)
+    return dirs
+
+
+def member_dirs(path: str | os.PathLike) -> list[Path]:
+    """An SAE directory, or every SAE directory directly inside a sweep directory."""
+    path = Path(path)
+    if (path / CFG_FILE).is_file():
+        return [path]
+    found = sorted(p.parent for p in path.glob(f"*/{CFG_FILE}"))
+    if not found:
+        raise JaxinterpError(f"no SAE in {path}: expected {CFG_FILE} there or in its subdirectories")
+    return found
+
+
+def evaluate_saes(
+    agent: Agent,
+    dataset: Dataset,
+    dirs: Sequence[Path],
+    *,
+    source: ActivationSource | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Held-out metrics of each SAE directory (all on one layer): reconstruction, policy fidelity and object scores
+    next to the raw channels'. Writes ``eval.json`` in each and ``summary.json`` + ``frontier.png`` beside them."""
+    saes = [load_member(d, agent) for d in dirs]
+    layers = {s.layer for s in saes}
+    if len(layers) != 1:
+        raise JaxinterpError(f"evaluate SAEs of one layer at a time; these read {sorted(layers)}")
+    (layer,) = layers
+    if source is None:
+        source = activation_source(agent, dataset, layer, cache_dir or Path(dirs[0]).parent, progress)
+    x, _ = source.sample(EVAL_SAMPLES, heldout=True)
+    frames_idx = evenly(source.heldout_frames, EVAL_FRAMES)
+    rows = dataset.get(frames_idx, fields=["frames", "objects"])
+    mean_act = np.asarray(source.acts[evenly(source.train_frames, EVAL_FRAMES)]).mean(0)  # for mean ablation
+    acts = np.asarray(source.acts[frames_idx], np.float32)  # (F, H, W, C)
+    present = metrics.objects_present(rows["objects"], source.height, source.width).reshape(
+        -1, len(metrics.OBJECT_CLASSES)
+    )
+    flat = acts.reshape(-1, source.d_in)
+    channels = metrics.object_scores(flat, present, thresholds=metrics.channel_thresholds(flat))
+    summary = []
+    for d, sae in zip(dirs, saes, strict=True):
+        rec = metrics.reconstruction(sae, x)
+        freq = rec.pop("log10_frequency")
+        fid = metrics.policy_fidelity(agent, sae, rows["frames"], mean_act)
+        latents = metrics.object_scores(metrics.encode_in_batches(sae, flat), present)
+        result = {
+            "sae": str(d),
+            "layer": layer,
+            "architecture": sae.cfg.get("architecture"),
+            "d_sae": sae.d_sae,
+            "reconstruction": rec,
+            "policy": fid,
+            "objects": {
+                c: {"latent": lat, "latent_f1": lf1, "channel": ch, "channel_f1": cf1}
+                for c, (lat, lf1), (ch, cf1) in zip(
+                    metrics.OBJECT_CLASSES, latents.best().values(), channels.best().values(), strict=True
+                )
+            },
+        }
+        (Path(d) / EVAL_FILE).write_text(json.dumps(result, indent=2))
+        save_sae(sae, d, log10_frequency=freq)
+        summary.append(result)
+    out = Path(dirs[0]).parent
+    if len(dirs) > 1:
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        plot_frontier(summary, out / "frontier.png")
+    return summary
+
+
+def plot_frontier(summary: Sequence[dict], path: Path) -> None:
+    """L0 against FVU of every member, one marker per architecture: the sweep's sparsity-fidelity frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for arch in sorted({s["architecture"] for s in summary}):
+        pts = [
+            (s["reconstruction"]["l0"], s["reconstruction"]["fvu"], Path(s["sae"]).name)
+            for s in summary
+            if s["architecture"] == arch
+        ]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=arch)
+    ax.set_xlabel("L0 (active latents per position)")
+    ax.set_ylabel("FVU (held-out, pooled)")
+    ax.set_yscale("log")
+    ax.set_title(summary[0]["layer"])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_summary(summary: Sequence[dict]) -> str:
+    """One line per SAE: L0, FVU, dead and dense fractions, action agreement, KL score."""
+    lines = [f"{'sae':<40} {'L0':>6} {'FVU':>7} {'dead':>6} {'dense':>6} {'agree':>7} {'KL score':>8}"]
+    for s in summary:
+        r, p = s["reconstruction"], s["policy"]
+        lines.append(
+            f"{Path(s['sae']).name:<40} {r['l0']:6.2f} {r['fvu']:7.4f} {r['dead_fraction']:6.1%} "
+            f"{r['dense_fraction']:6.1%} {p['action_agreement']:7.1%} {p['kl_score_zero']:8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def load_member(path: str | os.PathLike, agent: Agent) -> SAE:
+    sae = load_sae(path)
+    layer = agent.check_layers([sae.layer])[0]
+    if sae.d_in != agent.layer_shapes[layer][-1]:
+        raise JaxinterpError(
+            f"{path}: the SAE reads d_in={sae.d_in} but {layer} has {agent.layer_shapes[layer][-1]} channels"
+        )
+    return sae

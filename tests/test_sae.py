@@ -1,0 +1,259 @@
+"""SAEs: each architecture learns planted sparse features, JumpReLU's estimator, sweep = separate runs, resume =
+uninterrupted, SAELens files both ways, metrics by hand."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.sae import files, metrics, model
+from jaxinterp.sae.config import SAEConfig, parse_sweep
+from jaxinterp.sae.data import ActivationSource, geometric_median
+from jaxinterp.sae.train import train_sweep
+
+D_IN, N_FEATURES, SAMPLES = 16, 32, 20000
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Samples that are sparse sums (about 3 of 32) of unit directions, as a 1x1 'layer' over 20,000 frames."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(N_FEATURES, D_IN))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    active = rng.random((SAMPLES, N_FEATURES)) < 3 / N_FEATURES
+    x = (active * rng.uniform(0.5, 1.5, (SAMPLES, N_FEATURES))) @ feats
+    return feats, ActivationSource(
+        x.astype(np.float32).reshape(SAMPLES, 1, 1, D_IN), np.arange(SAMPLES) // 10
+    )
+
+
+def _config(arch, **kw):
+    base = {
+        "d_in": D_IN,
+        "width": 64,
+        "arch": arch,
+        "k": 4,
+        "steps": 1500,
+        "batch_size": 512,
+        "lr": 3e-3,
+        "warmup_steps": 50,
+        "sparsity_warmup_steps": 100,
+        "dead_samples": 20000,
+    }
+    return SAEConfig(**base | kw)
+
+
+ARCHS = {"topk": {}, "batchtopk": {}, "jumprelu": {"sparsity_coef": 1.0}, "relu": {"sparsity_coef": 0.05}}
+
+
+@pytest.mark.slow
+def test_every_architecture_recovers_planted_features(planted, tmp_path):
+    feats, source = planted
+    configs = [_config(a, **kw) for a, kw in ARCHS.items()]
+    result = train_sweep(configs, source, tmp_path, progress=False)
+    first, last = result.history[0], result.history[-1]
+    x, _ = source.sample(8192, heldout=True)
+    for i, (config, params) in enumerate(zip(result.configs, result.params, strict=True)):
+        assert last["loss"][i] < first["loss"][i] / 2, config.arch
+        sae = files.from_training(config, params, result.scale, layer="x", model_name="synthetic")
+        rec = metrics.reconstruction(sae, x)
+        assert rec["fvu"] < 0.15, (config.arch, rec["fvu"])
+        w = sae.params.W_dec / np.linalg.norm(sae.params.W_dec, axis=1, keepdims=True)
+        best = np.abs(feats @ w.T).max(1)  # each planted direction's closest decoder row
+        assert np.median(best) > 0.9, (config.arch, np.round(best, 2))
+        if config.arch in ("topk", "batchtopk", "jumprelu"):
+            assert abs(rec["l0"] - config.k) < 1.5, (config.arch, rec["l0"])
+
+
+def test_jumprelu_threshold_gradient_is_the_smoothed_loss_derivative():
+    """The straight-through gradient of L0 w.r.t. the threshold equals the derivative of L0 with each step
+    smoothed into a ramp of width `bandwidth` (exact for the rectangle kernel), checked by finite differences."""
+    rng = np.random.default_rng(1)
+    pre = jnp.asarray(rng.uniform(-1, 1, (4096, 8)), jnp.float32)
+    theta = jnp.asarray(rng.uniform(0.1, 0.5, 8), jnp.float32)
+    bw = 0.05
+    near_edge = np.abs(np.abs(pre - theta) - bw / 2) < 1e-3  # keep finite differences off the ramps' corners
+    pre = jnp.where(near_edge, theta, pre)
+
+    def smoothed_l0(t):
+        return jnp.sum(jnp.clip((pre.astype(jnp.float64) - t) / bw + 0.5, 0, 1))
+
+    with jax.enable_x64():
+        t64 = theta.astype(jnp.float64)
+        h = 1e-4
+        fd = np.array(
+            [(smoothed_l0(t64.at[i].add(h)) - smoothed_l0(t64.at[i].add(-h))) / (2 * h) for i in range(8)]
+        )
+    ste = jax.grad(lambda t: jnp.sum(model.step(pre, t, bw)))(theta)
+    np.testing.assert_allclose(ste, fd, rtol=1e-3, atol=1e-3)
+    assert np.all(np.asarray(ste) < 0)  # raising a threshold lowers L0
+    # JumpReLU's output gradient: -(theta / bw) per sample in the window, which is the ramp's derivative there.
+    g = jax.grad(lambda t: jnp.sum(model.jumprelu(pre, t, bw)))(theta)
+    window = np.abs(np.asarray(pre) - np.asarray(theta)) < bw / 2
+    np.testing.assert_allclose(g, -(np.asarray(theta) / bw) * window.sum(0), rtol=1e-5)
+
+
+def test_topk_with_traced_k_matches_lax_top_k():
+    x = jax.random.normal(jax.random.key(0), (64, 40))
+    for k in (1, 5, 40):
+        z = jax.jit(model.top_k_mask)(x, jnp.int32(k))
+        vals, idx = jax.lax.top_k(x, k)
+        ref = jnp.zeros_like(x).at[jnp.arange(64)[:, None], idx].set(jax.nn.relu(vals))
+        np.testing.assert_array_equal(z, ref)
+
+
+def test_a_sweep_equals_its_members_trained_one_by_one(planted, tmp_path):
+    _, source = planted
+    configs = [
+        _config("topk", k=k, seed=s, lr=lr, steps=40)
+        for k, s, lr in ((2, 0, 1e-3), (4, 1, 3e-3), (8, 2, 2e-3))
+    ]
+    swept = train_sweep(configs, source, tmp_path / "sweep", progress=False)
+    for i, c in enumerate(configs):
+        alone = train_sweep([c], source, tmp_path / f"alone{i}", progress=False)
+        for a, b in zip(jax.tree.leaves(swept.params[i]), jax.tree.leaves(alone.params[0]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_resume_equals_uninterrupted(planted, tmp_path, monkeypatch):
+    _, source = planted
+    configs = [_config("jumprelu", steps=48), _config("topk", steps=48)]
+    whole = train_sweep(configs, source, tmp_path / "whole", progress=False)
+    calls = {"n": 0}
+    original = ActivationSource.batch
+
+    def interrupted(self, seed, step, batch_size):
+        calls["n"] += 1
+        if calls["n"] == 20:  # inside the second block of 16 steps
+            raise KeyboardInterrupt
+        return original(self, seed, step, batch_size)
+
+    monkeypatch.setattr(ActivationSource, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_sweep(configs, source, tmp_path / "parts", progress=False)
+    monkeypatch.setattr(ActivationSource, "batch", original)
+    log = [json.loads(r) for r in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 16  # the first whole block was kept, nothing after it
+    resumed = train_sweep(configs, source, tmp_path / "parts", progress=False)
+    for p, q in zip(whole.params, resumed.params, strict=True):
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert resumed.history == whole.history
+
+
+def test_a_sweep_refuses_other_settings_in_the_same_directory(planted, tmp_path):
+    _, source = planted
+    train_sweep([_config("topk", steps=16)], source, tmp_path, progress=False)
+    with pytest.raises(JaxinterpError, match="another SAE sweep"):
+        train_sweep([_config("topk", steps=16, k=2)], source, tmp_path, progress=False)
+
+
+def _random_params(d_in=6, d_sae=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return model.SAEParams(
+        *(rng.normal(size=s).astype(np.float32) for s in ((d_in, d_sae), (d_sae,), (d_sae, d_in), (d_in,))),
+        np.abs(rng.normal(size=d_sae)).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_export_folds_the_scale_and_import_is_exact(arch, tmp_path):
+    params, scale = _random_params(), 2.5
+    config = SAEConfig(d_in=6, width=10, arch=arch, k=3)
+    sae = files.from_training(config, params, scale, layer="conv_seqs.2.res_block1", model_name="m")
+    x = np.random.default_rng(1).normal(size=(32, 6)).astype(np.float32)
+    # on raw activations the exported SAE gives what the trained one gave on scaled ones, divided by the scale
+    z_train = model.encode(sae.arch, params, jnp.asarray(x * scale), jnp.int32(3))
+    np.testing.assert_allclose(sae.encode(x), z_train, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sae(x), model.decode(params, z_train) / scale, rtol=1e-5, atol=1e-5)
+    files.save_sae(sae, tmp_path, log10_frequency=np.full(10, -2.0))
+    back = files.load_sae(tmp_path)
+    assert back.arch == sae.arch and back.layer == "conv_seqs.2.res_block1"
+    for a, b in zip(sae.params, back.params, strict=True):
+        if arch in ("jumprelu", "batchtopk") or a is not sae.params.threshold:
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(back.encode(x), sae.encode(x))
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "conv_seqs.2.res_block1"
+    np.testing.assert_array_equal(files.load_sparsity(tmp_path), np.full(10, -2.0, np.float32))
+
+
+def test_a_hand_written_saelens_directory_loads(tmp_path):
+    """cfg.json + safetensors as SAELens writes them (a TopK SAE, b_dec not applied to the input)."""
+    p = _random_params(d_in=4, d_sae=8, seed=3)
+    save_file(
+        {"W_enc": p.W_enc[:4, :8], "b_enc": p.b_enc[:8], "W_dec": p.W_dec[:8, :4], "b_dec": p.b_dec[:4]},
+        str(tmp_path / "sae_weights.safetensors"),
+    )
+    cfg = {
+        "architecture": "topk",
+        "d_in": 4,
+        "d_sae": 8,
+        "k": 2,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "metadata": {"model_name": "someone/heist", "hook_name": "conv_seqs.2.res_block1"},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    sae = files.load_sae(tmp_path)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    pre = x @ p.W_enc + p.b_enc  # SAELens without b_dec on the input
+    top = np.argsort(-pre, 1)[:, :2]
+    ref = np.zeros_like(pre)
+    np.put_along_axis(ref, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
+    np.testing.assert_allclose(sae.encode(x), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sae(x), ref @ p.W_dec + p.b_dec, rtol=1e-5, atol=1e-5)
+    with pytest.raises(JaxinterpError, match="d_in=4 channels but the layer has 32"):
+        files.load_sae(tmp_path, d_in=32)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(JaxinterpError, match="cannot read the SAE"):
+        files.load_sae(tmp_path)
+
+
+def test_metrics_by_hand():
+    p = _random_params(d_in=4, d_sae=6, seed=5)
+    sae = files.SAE("relu", 1, p, "x", {})
+    x = np.random.default_rng(2).normal(size=(100, 4)).astype(np.float32)
+    z = np.maximum((x - p.b_dec) @ p.W_enc + p.b_enc, 0)
+    xh = z @ p.W_dec + p.b_dec
+    rec = metrics.reconstruction(sae, x, batch=32)
+    assert rec["fvu"] == pytest.approx(((x - xh) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(), rel=1e-5)
+    assert rec["l0"] == pytest.approx((z > 0).sum(1).mean())
+    assert rec["dead_fraction"] == pytest.approx(((z > 0).sum(0) == 0).mean())
+    present = np.zeros((4, 3), bool)
+    present[[0, 1], 0] = True
+    values = np.array([[1.0], [0.0], [2.0], [0.0]])
+    s = metrics.object_scores(values, present)
+    assert s.precision[0, 0] == 0.5 and s.recall[0, 0] == 0.5 and s.f1[0, 0] == 0.5
+    assert np.isnan(s.f1[0, 1])  # a class that never occurs has no F1
+
+
+def test_config_and_sweep_errors():
+    with pytest.raises(JaxinterpError, match="k \\(=300\\) must be <= width"):
+        SAEConfig(d_in=32, k=300)
+    with pytest.raises(JaxinterpError, match="width \\(=0\\) must be an int >= 1"):
+        SAEConfig(d_in=32, width=0)
+    with pytest.raises(JaxinterpError, match="unknown SAE architecture 'gated'"):
+        SAEConfig(d_in=32, arch="gated")
+    assert parse_sweep("k=4,8 arch=topk,jumprelu") == [
+        {"k": 4, "arch": "topk"},
+        {"k": 4, "arch": "jumprelu"},
+        {"k": 8, "arch": "topk"},
+        {"k": 8, "arch": "jumprelu"},
+    ]
+    with pytest.raises(JaxinterpError, match="unknown sweep field 'kk'"):
+        parse_sweep("kk=4")
+    with pytest.raises(JaxinterpError, match="expects int values"):
+        parse_sweep("k=four")
+
+
+def test_geometric_median_resists_outliers():
+    x = np.concatenate([np.zeros((99, 3)), np.full((1, 3), 1000.0)])
+    assert np.abs(geometric_median(x)).max() < 1e-3
