@@ -104,6 +104,9 @@ def test_topk_with_traced_k_matches_lax_top_k():
         vals, idx = jax.lax.top_k(x, k)
         ref = jnp.zeros_like(x).at[jnp.arange(64)[:, None], idx].set(jax.nn.relu(vals))
         np.testing.assert_array_equal(z, ref)
+    b, cut = model.batch_top_k(x, jnp.int32(3))
+    assert int(jnp.sum(b > 0)) == 3 * 64  # the 192 largest (all positive here) over the whole batch
+    assert float(cut) == float(jnp.sort(x.reshape(-1))[-3 * 64])
 
 
 def test_a_sweep_equals_its_members_trained_one_by_one(planted, tmp_path):

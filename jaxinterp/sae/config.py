@@ -41,8 +41,8 @@ class SAEConfig:
     sparsity_coef: float = 1.0
     lr: float = 1e-3
     seed: int = 0
-    steps: int = 6000
-    batch_size: int = 4096
+    steps: int = 3000
+    batch_size: int = 2048
     warmup_steps: int = 200
     decay_fraction: float = 0.2  # the lr falls linearly to zero over this last part of training
     sparsity_warmup_steps: int = 500  # the L1 / L0 coefficient ramps up linearly over these
