@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# One sitting of the default agent's training run (training/heist-impala) on a lent GPU machine, prepared so that a
-# session with a device spends its few minutes training, not setting up. The device has JAX, flax, optax, orbax,
-# safetensors, pillow, tqdm and matplotlib but no procgen, nor the libGL and glib that procgen's bundled Qt loads:
-# first, here, fetch procgen's wheels into .whl/ and those two libraries' Debian packages into .gl/ (git-ignored):
-#   echo /.whl/ >> .git/info/exclude; bash ../shared/device/procgen-wheels.sh .whl
+# A stint of the default agent's training run (training/heist-impala) on a GPU machine that is lent for a few
+# minutes, prepared so that those minutes go to training, not to setting up. Such a machine has JAX, flax, optax,
+# orbax, safetensors, pillow, tqdm and matplotlib but no procgen, nor the libGL and glib that procgen's bundled Qt
+# loads: first, here, fetch procgen's wheels (Python 3.12, manylinux x86_64, about 47 MB) into .whl/ and those two
+# libraries' Debian packages into .gl/ (both git-ignored):
+#   echo /.whl/ >> .git/info/exclude; mkdir -p .whl
+#   p='--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+#      --platform manylinux2014_x86_64 --platform manylinux1_x86_64'
+#   python3 -m pip download --no-deps --only-binary=:all: $p -d .whl procgen-mirror==0.10.7 gym3==0.3.3 cffi \
+#     pycparser cloudpickle gym-notices
+#   python3 -m pip wheel --no-deps -w .whl gym==0.26.2   # published as source only; pure Python
 #   echo /.gl/ >> .git/info/exclude; mkdir -p .gl /tmp/amd64/partial
 #   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'; apt-get $o update
 #   (cd .gl && apt-get $o download libgl1 libglx0 libglvnd0 libglib2.0-0)

@@ -1,7 +1,7 @@
 """PPO for Procgen Heist, shaped like purejaxrl: a pure jitted policy step and a pure jitted update (epochs and
 minibatches as ``lax.scan``), with procgen stepping on the host.
 
-``make_train(config)`` returns the pieces; ``train`` runs them in resumable sittings: checkpoints hold the params,
+``make_train(config)`` returns the pieces; ``train`` runs them resumably: checkpoints hold the params,
 optimizer, reward normalizer, RNG and the environments' own state, so a restarted run continues exactly.
 """
 

@@ -52,7 +52,7 @@ __all__ = [
 FrameScore = Literal["max", "mean"]
 
 DEFAULT_BATCH_SIZE = 32
-"""Frames per jitted step. Measured on CPU (benchmarks/RESULTS.md): at 64 frames and more XLA's temporary buffer
+"""Frames per jitted step. Measured on CPU (benchmarks/HISTORY.md): at 64 frames and more XLA's temporary buffer
 passes glibc's mmap threshold and is mapped and unmapped on every call (~20% of the CPU in page faults); 32 was
 13-34% faster than 256 and still amortizes dispatch."""
 

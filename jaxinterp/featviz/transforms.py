@@ -64,9 +64,9 @@ DEFAULT_JITTERS = (16, 8)
 
 NEURON_JITTERS = (8, 4)
 """Jitter for one-position (neuron) objectives, ±4 then ±2 px. The default's up to ±12 px moves the target under
-the image by 1.5 cells of the last stage, so the image must paint its feature over a wide blob: on a 16.6M-frame
-agent the centre neuron beat its real-frame p99.9 for 75% / 100% / 91% of the three stage outputs' channels with
-the default and for all of them with these, reaching 1.6-4× the value (`benchmarks/RESULTS.md`)."""
+the image by 1.5 cells of the last stage, so the image must paint its feature over a wide blob; with these the
+centre neurons reach higher values and beat their real-frame percentiles more often, and still less jitter gives
+adversarial high-frequency patterns (measured: `benchmarks/HISTORY.md`)."""
 
 DEFAULT_SCALES = (0.95, 0.975, 1.025, 1.05)
 """Random zoom about the centre, within ±5% so content at the border of a 64-px frame moves by at most ~1.6 px."""

@@ -22,9 +22,9 @@ from jaxinterp.models.layers import Conv, lp_pool, max_pool
 # default, Glorot uniform; train-procgen-pytorch uses xavier_uniform); heads as PPO has them (orthogonal, 0.01 for
 # the policy, 1 for the value). Measured on one random-action Heist rollout (16,384 frames), one PPO update moves the
 # policy KL 0.0019 from this init and 0.00016 from torch's default (variance 1/(3 fan_in)), whose small features
-# left a run at random play for 1.08M frames (initial logits std 0.0004 vs 0.0038). Orthogonal sqrt(2) (CleanRL's
-# NatureCNN choice) compounds through the residual blocks instead: initial value 8.4 +- 1.4 on every frame (0.36 +-
-# 0.06 here), and the first updates went to shrinking it (value loss 40-50, approx. KL 0.04-0.1).
+# move it a tenth as far (initial logits std 0.0004 vs 0.0038). Orthogonal sqrt(2) (CleanRL's NatureCNN choice)
+# compounds through the residual blocks instead: initial value 8.4 +- 1.4 on every frame (0.36 +- 0.06 here), and
+# the first updates went to shrinking it (value loss 40-50, approx. KL 0.04-0.1). See benchmarks/HISTORY.md.
 _HIDDEN = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 _POLICY = nn.initializers.orthogonal(0.01)
 _VALUE = nn.initializers.orthogonal(1.0)

@@ -1,6 +1,7 @@
 """Convolution and pooling building blocks, written for speed on CPU, and the Flax modules that use them.
 
-Two choices here decide the speed of everything built on the models (measured, see ../shared/CPU-PERFORMANCE.md):
+Two choices here decide the speed of everything built on the models (measured on a 2-core CPU; see
+benchmarks/HISTORY.md and `benchmarks/bench_conv.py`, `benchmarks/bench_ppo_step.py`):
 - ``conv2d`` is a ``jax.custom_vjp`` whose backward passes are themselves standard-layout convolutions. Inside
   ``lax.scan`` XLA:CPU otherwise keeps backward convolutions in a non-standard kernel layout that runs as generated
   loops (6-22x slower); gradients are identical to the plain convolution's. The RGB input's convolution runs as a

@@ -52,8 +52,8 @@ VIEWS = {
 }
 """Each channel is visualized twice (output folder -> objective, transforms): driving its spatial mean up, and at
 the centre position only. Deep channels see most of the frame from every position, so an image that raises the
-mean must repeat an object everywhere it matters, which it often cannot: on the unfinished agent 2,048 steps left
-7 of 8 last-stage means below 0 while the centre neuron went above 0 for 7 of 8 (benchmarks/RESULTS.md). The
+mean must repeat an object everywhere it matters, which it often cannot: a last-stage channel's mean can stay below
+0 however many steps run while its centre neuron goes above 0 (measured: benchmarks/HISTORY.md). The
 centre view jitters less (`transforms.NEURON_JITTERS`), so that the position stays under what the image draws."""
 THUMB_PIXELS = 128
 """Height of the images in the per-channel table (the files themselves are larger: click to open)."""
