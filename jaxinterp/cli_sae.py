@@ -93,10 +93,7 @@ def cmd_import(args) -> None:
     from jaxinterp.sae.runs import load_member
 
     agent = _agent(args)
-    sae = load_member(args.source, agent)
-    if args.layer:
-        sae = sae._replace(layer=agent.check_layers([args.layer])[0])
-        sae.cfg.setdefault("metadata", {})["hook_name"] = sae.layer
+    sae = load_member(args.source, agent, args.layer)
     save_sae(sae, args.out)
     print(f"imported {args.source} ({sae.arch}, {sae.d_in} -> {sae.d_sae}, layer {sae.layer}) -> {args.out}")
 
@@ -163,7 +160,7 @@ def add_commands(sub) -> None:
     k.add_argument("--object", help="object class to score against (default: the latent's best class)")
     k.add_argument("--episodes", type=int, default=2)
     k.add_argument("--max-steps", type=int, default=300, help="frames per episode at most")
-    k.add_argument("--seed", type=int, default=0, help="level seed of the first episode")
+    k.add_argument("--seed", type=int, default=0, help="seed of the levels played")
     k.add_argument("--out", required=True)
     k.set_defaults(func=cmd_track)
 

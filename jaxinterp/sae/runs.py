@@ -180,11 +180,15 @@ def format_summary(summary: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_member(path: str | os.PathLike, agent: Agent) -> SAE:
+def load_member(path: str | os.PathLike, agent: Agent, layer: str | None = None) -> SAE:
+    """An SAE checked against ``agent``: its layer (``layer``, else cfg.json's hook name) exists and has d_in channels."""
     sae = load_sae(path)
-    layer = agent.check_layers([sae.layer])[0]
+    if layer is not None:
+        sae.cfg.setdefault("metadata", {})["hook_name"] = layer
+        sae = sae._replace(layer=layer)
+    (layer,) = agent.check_layers([sae.layer])
     if sae.d_in != agent.layer_shapes[layer][-1]:
         raise JaxinterpError(
-            f"{path}: the SAE reads d_in={sae.d_in} but {layer} has {agent.layer_shapes[layer][-1]} channels"
+            f"{path}: the SAE reads d_in={sae.d_in} channels but {layer} has {agent.layer_shapes[layer][-1]} channels"
         )
     return sae

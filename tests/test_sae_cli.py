@@ -1,0 +1,131 @@
+"""`jaxinterp sae …` end to end on a random agent and a tiny recording: train a sweep, eval, track, export, import,
+and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxinterp
+from jaxinterp.cli import main
+from jaxinterp.sae import load_sae
+
+LAYER = "conv_seqs.2.res_block1"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return jaxinterp.save_agent(
+        jaxinterp.Agent.random("impala", seed=3), tmp_path_factory.mktemp("ckpt") / "a.pt"
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae")
+    argv = [
+        "sae",
+        "train",
+        "--checkpoint",
+        str(checkpoint),
+        "--frames",
+        "640",
+        "--steps",
+        "32",
+        "--batch-size",
+        "256",
+    ]
+    argv += ["--width", "16", "--sweep", "arch=topk,jumprelu k=2,4", "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_every_member_in_saelens_layout(sweep, capsys):
+    members = sorted(p.name for p in sweep.iterdir() if (p / "cfg.json").exists())
+    assert len(members) == 4 and all(m.split("-")[0] in ("topk", "jumprelu") for m in members)
+    for m in members:
+        sae = load_sae(sweep / m)
+        assert (sae.d_in, sae.d_sae, sae.layer) == (32, 16, LAYER)
+        ev = json.loads((sweep / m / "eval.json").read_text())
+        assert 0 <= ev["policy"]["action_agreement"] <= 1 and ev["reconstruction"]["fvu"] >= 0
+        assert set(ev["objects"]) >= {"agent", "key_blue", "gem"}
+    assert (sweep / "frontier.png").exists() and (sweep / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_track_export_import(sweep, checkpoint, tmp_path, capsys):
+    member = next(p for p in sorted(sweep.iterdir()) if (p / "cfg.json").exists())
+    assert main(["sae", "eval", "--checkpoint", str(checkpoint), "--sae", str(member)]) == 0
+    assert "FVU" in capsys.readouterr().out
+    track = tmp_path / "track"
+    argv = ["sae", "track", "--checkpoint", str(checkpoint), "--sae", str(member), "--latent", "1"]
+    assert main([*argv, "--object", "agent", "--episodes", "1", "--max-steps", "6", "--out", str(track)]) == 0
+    assert Image.open(track / "episode_0.gif").size == (
+        256,
+        256,
+    )  # Pillow merges repeated frames: count in json
+    assert Image.open(track / "episode_0_strip.png").height == 256
+    result = json.loads((track / "tracking.json").read_text())
+    assert result["latent"] == 1 and result["object"] == "agent" and result["episodes"][0]["frames"] == 6
+    assert main(["sae", "export", "--sae", str(member), "--out", str(tmp_path / "exported")]) == 0
+    dst = tmp_path / "imported"
+    assert (
+        main(
+            ["sae", "import", str(tmp_path / "exported"), "--checkpoint", str(checkpoint), "--out", str(dst)]
+        )
+        == 0
+    )
+    a, b = load_sae(member), load_sae(dst)
+    for x, y in zip(a.params, b.params, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxinterp: error:") and "\n" not in err
+    return err
+
+
+def test_errors_are_one_line(checkpoint, tmp_path, capsys):
+    base = ["sae", "train", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x")]
+    assert "valid layers:" in _error([*base, "--layer", "conv9"], capsys)
+    assert "must be <= width" in _error([*base, "--width", "4", "--k", "8"], capsys)
+    assert "width (=0) must be an int >= 1" in _error([*base, "--width", "0"], capsys)
+    assert "unknown sweep field" in _error([*base, "--sweep", "kk=1"], capsys)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_in": 7, "d_sae": 2, "k": 1}))
+    from safetensors.numpy import save_file
+
+    z = np.zeros
+    save_file(
+        {
+            "W_enc": z((7, 2), np.float32),
+            "b_enc": z(2, np.float32),
+            "W_dec": z((2, 7), np.float32),
+            "b_dec": z(7, np.float32),
+        },
+        str(bad / "sae_weights.safetensors"),
+    )
+    err = _error(
+        [
+            "sae",
+            "import",
+            str(bad),
+            "--checkpoint",
+            str(checkpoint),
+            "--layer",
+            LAYER,
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        capsys,
+    )
+    assert "d_in=7" in err and "32 channels" in err
+    (tmp_path / "empty").mkdir()
+    evaluate = ["sae", "eval", "--checkpoint", str(checkpoint), "--sae"]
+    assert "no SAE in" in _error([*evaluate, str(tmp_path / "empty")], capsys)
+    assert "no dataset for" in _error([*evaluate, str(bad)], capsys)
