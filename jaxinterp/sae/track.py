@@ -25,6 +25,7 @@ SCALE = 4  # pixels per frame pixel in the GIFs and strips
 STRIP_FRAMES = 10
 GAP = 8  # white pixels between the strip's frames
 GIF_MS = 120  # per frame
+CANDIDATES = 4  # levels played per episode asked for; those shown are the ones where the object is seen longest
 MASK_COLOUR = np.array([0, 255, 255], np.uint8)  # the object's outline, cyan over the heat's inferno colours
 
 
@@ -89,10 +90,11 @@ def track_episodes(
     if episodes < 1 or max_steps < 1:
         raise JaxinterpError("--episodes and --max-steps must be >= 1")
     out = Path(out_dir)
-    config = HeistConfig(num_envs=episodes, start_level=seed, seed=seed)
+    envs = CANDIDATES * episodes  # levels without the object would score nothing
+    config = HeistConfig(num_envs=envs, start_level=seed, seed=seed)
     data: Dataset = collect(
         out / "data",
-        frames=episodes * max_steps,
+        frames=envs * max_steps,
         policy=agent_policy(agent),
         env_config=config,
         seed=seed,
@@ -101,10 +103,16 @@ def track_episodes(
     rf = receptive_field(agent, sae.layer)
     cls = OBJECT_CLASSES.index(object_class)
     table = data.episodes()
+    chosen = []
+    for env in range(envs):
+        rows = data.episode_rows(int(table.episode_id[(table.env == env) & (table.first_step == 0)][0]))[
+            :max_steps
+        ]
+        shows = int((data.get(rows, fields=["objects"])["objects"] == cls).any((1, 2)).sum())
+        chosen.append((-shows, env, rows))
     lines, results = [], []
-    for i in range(episodes):
-        first = table.episode_id[(table.env == i) & (table.first_step == 0)]
-        rows = data.episode_rows(int(first[0]))[:max_steps]
+    for i, (_, env, rows) in enumerate(sorted(chosen, key=lambda c: c[:2])[:episodes]):
+        first = table.episode_id[(table.env == env) & (table.first_step == 0)]
         got = data.get(rows, fields=["frames", "objects"])
         acts = np.asarray(agent.activations(got["frames"], [sae.layer])[sae.layer])
         z = metrics.encode_in_batches(sae, acts.reshape(-1, sae.d_in)).reshape(*acts.shape[:3], -1)[
