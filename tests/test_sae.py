@@ -260,3 +260,22 @@ def test_config_and_sweep_errors():
 def test_geometric_median_resists_outliers():
     x = np.concatenate([np.zeros((99, 3)), np.full((1, 3), 1000.0)])
     assert np.abs(geometric_median(x)).max() < 1e-3
+
+
+def test_auxk_reconstructs_the_residual_from_the_largest_dead_latents_without_b_dec():
+    p = _random_params(d_in=6, d_sae=10, seed=7)
+    config = SAEConfig(d_in=6, width=10, arch="topk", k=2, aux_k=3)
+    rng = np.random.default_rng(0)
+    pre = rng.normal(size=(5, 10)).astype(np.float32)
+    err = rng.normal(size=(5, 6)).astype(np.float32)
+    dead = np.arange(10) % 2 == 0  # 5 dead latents, k_aux = 3 of them per sample
+    got = model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.asarray(dead))
+    z = np.zeros_like(pre)
+    for i in range(5):
+        top = np.flatnonzero(dead)[np.argsort(-pre[i, dead])[:3]]
+        z[i, top] = np.maximum(pre[i, top], 0)
+    ref = ((err - z @ p.W_dec) ** 2).sum() / (
+        (err - err.mean(0)) ** 2
+    ).sum()  # no b_dec in the reconstruction
+    assert float(got) == pytest.approx(ref, rel=1e-5)
+    assert float(model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.zeros(10, bool))) == 0.0

@@ -211,11 +211,12 @@ def loss(
 
 def _auxk(config: SAEConfig, params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array) -> jax.Array:
     """AuxK (Gao et al. 2024): the ``k_aux`` largest dead latents reconstruct the residual ``err``, normalized by its
-    variance. The reconstruction is ``z @ W_dec`` with no ``b_dec`` (adding it counts the bias twice)."""
-    masked = jnp.where(dead, pre, -jnp.inf)
-    values, idx = jax.lax.top_k(masked, config.k_aux)
-    values = jnp.where(jnp.isfinite(values), jax.nn.relu(values), 0.0)
-    recon = jnp.einsum("bk,bkd->bd", values, params.W_dec[idx])
+    variance. The reconstruction is ``z @ W_dec`` with no ``b_dec`` (adding it counts the bias twice). Dense latents
+    and a matmul rather than ``lax.top_k`` and a gather of decoder rows: vmapped over a sweep's members, the
+    gather made the 16-member step 2.5x slower than 16 single steps on XLA:CPU."""
+    masked = jnp.where(dead, pre, jnp.min(pre) - 1)  # below every dead latent, and finite for the bisection
+    z = jnp.where(dead & (masked >= kth_largest(masked, config.k_aux)), jax.nn.relu(pre), 0.0)
+    recon = z @ params.W_dec
     target = jax.lax.stop_gradient(err)
     scale = jnp.sum((target - target.mean(0)) ** 2)
     return jnp.where(jnp.any(dead), jnp.sum((target - recon) ** 2) / jnp.maximum(scale, 1e-12), 0.0)
