@@ -279,3 +279,26 @@ def test_auxk_reconstructs_the_residual_from_the_largest_dead_latents_without_b_
     ).sum()  # no b_dec in the reconstruction
     assert float(got) == pytest.approx(ref, rel=1e-5)
     assert float(model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.zeros(10, bool))) == 0.0
+
+
+def test_policy_fidelity_of_an_exact_sae_is_perfect(heist_frames):
+    """relu([x, -x]) decoded by [I; -I] reconstructs x exactly: the spliced agent is the clean one."""
+    import jaxinterp
+
+    agent = jaxinterp.Agent.random("impala", seed=1)
+    layer = "conv_seqs.2.res_block1"
+    eye = np.eye(32, dtype=np.float32)
+    params = model.SAEParams(
+        np.concatenate([eye, -eye], 1),
+        np.zeros(64, np.float32),
+        np.concatenate([eye, -eye], 0),
+        np.zeros(32, np.float32),
+        np.zeros(64, np.float32),
+    )
+    sae = files.SAE("relu", 1, params, layer, {})
+    mean_act = np.asarray(agent.activations(heist_frames, [layer])[layer]).mean(0)
+    fid = metrics.policy_fidelity(agent, sae, heist_frames, mean_act)
+    assert fid["action_agreement"] == 1.0 and fid["move_agreement"] == 1.0
+    assert fid["kl"] < 1e-9 and fid["value_change"] < 1e-5
+    assert fid["zero_ablation"]["kl"] > 1e-6  # the ablations do change the (random agent's nearly flat) policy
+    assert fid["kl_score_zero"] == pytest.approx(1.0, abs=1e-3)

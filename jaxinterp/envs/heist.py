@@ -17,6 +17,9 @@ import numpy as np
 from jaxinterp.errors import JaxinterpError
 
 NUM_ACTIONS = 15
+MOVE_OF_ACTION = (0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4)
+"""What each of the 15 actions does in Heist: actions 0-8 are the eight moves and standing still (4); Heist ignores
+the special actions 9-14, so they stand still too (procgen's ``BasicAbstractGame``). Seven actions, one move."""
 OBS_SHAPE = (64, 64, 3)
 # Heist pays exactly this once, when the agent reaches the gem; nothing else is rewarded.
 SUCCESS_REWARD = 10.0

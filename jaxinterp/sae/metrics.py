@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.envs.heist import MOVE_OF_ACTION
 from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.models.agent import Agent, preprocess
 from jaxinterp.sae import model
@@ -96,6 +97,7 @@ def _fidelity_pass(agent: Agent, layer: str, arch: str, params, sae_params, k, o
     replaced = {"sae": splice(sae, x), "zero": jnp.zeros_like(x), "mean": jnp.broadcast_to(mean_act, x.shape)}
     logp = jax.nn.log_softmax(clean[agent.arch.logits])
     value = clean[agent.arch.value][:, 0]
+    moves = jax.nn.one_hot(jnp.asarray(MOVE_OF_ACTION), max(MOVE_OF_ACTION) + 1)  # (actions, moves)
     out = {}
     for name, r in replaced.items():
         acts = agent.forward(params, images, {layer: r - x})
@@ -103,6 +105,7 @@ def _fidelity_pass(agent: Agent, layer: str, arch: str, params, sae_params, k, o
         out[name] = {
             "kl": jnp.sum(jnp.exp(logp) * (logp - lq), -1),
             "agree": jnp.argmax(lq, -1) == jnp.argmax(logp, -1),
+            "agree_move": jnp.argmax(jnp.exp(lq) @ moves, -1) == jnp.argmax(jnp.exp(logp) @ moves, -1),
             "dvalue": jnp.abs(acts[agent.arch.value][:, 0] - value),
         }
     return out
@@ -110,7 +113,9 @@ def _fidelity_pass(agent: Agent, layer: str, arch: str, params, sae_params, k, o
 
 def policy_fidelity(agent: Agent, sae: SAE, frames: np.ndarray, mean_act: np.ndarray) -> dict:
     """With the SAE's reconstruction spliced into its layer for the rest of the forward pass, on uint8 ``frames``:
-    action agreement (argmax) with the clean agent, mean policy KL(clean || spliced), mean |value change|, and
+    action agreement (argmax) with the clean agent, and move agreement (argmax of the probability summed over the
+    actions that make the same move, `MOVE_OF_ACTION`: the seven stand-still actions have near-equal logits, so
+    their argmax flips without any change of behaviour), mean policy KL(clean || spliced), mean |value change|, and
     SAELens' KL score against zero and against mean ablation of the layer (1 = as good as clean, 0 = as bad as the
     ablation). ``mean_act`` is the layer's mean activation per position (for mean ablation)."""
     sums: dict[str, dict[str, float]] = {}
@@ -135,6 +140,7 @@ def policy_fidelity(agent: Agent, sae: SAE, frames: np.ndarray, mean_act: np.nda
     return {
         "frames": n,
         "action_agreement": means["sae"]["agree"],
+        "move_agreement": means["sae"]["agree_move"],
         "kl": kl,
         "value_change": means["sae"]["dvalue"],
         "kl_score_zero": 1 - kl / means["zero"]["kl"] if means["zero"]["kl"] > 0 else float("nan"),

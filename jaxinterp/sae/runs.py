@@ -27,7 +27,7 @@ from jaxinterp.sae.files import CFG_FILE, SAE, from_training, load_sae, save_sae
 from jaxinterp.sae.train import train_sweep
 
 EVAL_SAMPLES = 65536  # held-out samples for the reconstruction metrics
-EVAL_FRAMES = 1024  # held-out frames for policy fidelity and object scores
+EVAL_FRAMES = 4096  # held-out frames for policy fidelity and object scores (all of a 16k-frame recording's)
 SUMMARY_FILE = "summary.json"
 EVAL_FILE = "eval.json"
 
@@ -169,13 +169,15 @@ def plot_frontier(summary: Sequence[dict], path: Path) -> None:
 
 
 def format_summary(summary: Sequence[dict]) -> str:
-    """One line per SAE: L0, FVU, dead and dense fractions, action agreement, KL score."""
-    lines = [f"{'sae':<40} {'L0':>6} {'FVU':>7} {'dead':>6} {'dense':>6} {'agree':>7} {'KL score':>8}"]
+    """One line per SAE: L0, FVU, dead and dense fractions, action and move agreement, KL score."""
+    lines = [
+        f"{'sae':<40} {'L0':>6} {'FVU':>7} {'dead':>6} {'dense':>6} {'action':>7} {'move':>7} {'KL score':>8}"
+    ]
     for s in summary:
         r, p = s["reconstruction"], s["policy"]
         lines.append(
             f"{Path(s['sae']).name:<40} {r['l0']:6.2f} {r['fvu']:7.4f} {r['dead_fraction']:6.1%} "
-            f"{r['dense_fraction']:6.1%} {p['action_agreement']:7.1%} {p['kl_score_zero']:8.3f}"
+            f"{r['dense_fraction']:6.1%} {p['action_agreement']:7.1%} {p['move_agreement']:7.1%} {p['kl_score_zero']:8.3f}"
         )
     return "\n".join(lines)
 
