@@ -116,6 +116,38 @@ def cmd_track(args) -> None:
         print(line)
 
 
+def cmd_features(args) -> None:
+    from jaxinterp.cli import _color_stats
+    from jaxinterp.examples.find import find_examples
+    from jaxinterp.models.agent import parse_channels
+    from jaxinterp.report.examples import write_sheets
+    from jaxinterp.report.featviz import visualize_layers
+    from jaxinterp.sae.features import latent_feature, latent_objective
+    from jaxinterp.sae.runs import load_member
+    from jaxinterp.weights.store import default_checkpoint
+
+    agent = _agent(args)
+    sae = load_member(args.sae, agent)
+    latents = parse_channels(args.latents, sae.d_sae, "the SAE")
+    out = Path(args.out)
+    dataset = _dataset(args.dataset, agent, Path(args.sae).parent)
+    frames = dataset.evenly_spaced(1024)["frames"]  # for colour statistics and the real-frame percentiles
+    stats = _color_stats(Path(args.checkpoint or default_checkpoint()), agent, frames)
+    visualize_layers(
+        agent,
+        [sae.layer],
+        latents,
+        objective=lambda layer: latent_objective(sae, args.where),
+        steps=args.steps,
+        color_matrix=stats.matrix,
+        out_dir=out / "featviz",
+        real_frames=frames,
+    )
+    result = find_examples(agent, latent_feature(sae, latents), dataset, k=args.k, progress=True)
+    paths = write_sheets(result, out / "examples", object_maps=dataset)
+    print(f"wrote {out / 'featviz'} and {len(paths)} example sheets to {out / 'examples'}")
+
+
 def add_commands(sub) -> None:
     """Register ``jaxinterp sae <train|eval|track|export|import>`` on the top-level subparsers."""
     sae = sub.add_parser(
@@ -164,6 +196,20 @@ def add_commands(sub) -> None:
     k.add_argument("--out", required=True)
     k.set_defaults(func=cmd_track)
 
+    f = group.add_parser(
+        "features", help="feature visualization (every latent in one call) and dataset examples"
+    )
+    f.add_argument("--sae", required=True, help="an SAE directory (in a sweep directory with its data/)")
+    f.add_argument("--latents", default="all", help="all | 3 | 0-15 | 1,4,9")
+    f.add_argument(
+        "--where", default="centre", choices=("centre", "mean"), help="the latent at the centre or mean"
+    )
+    f.add_argument("--steps", type=int, default=256)
+    f.add_argument("--k", type=int, default=16, help="dataset examples per latent")
+    f.add_argument("--dataset", help="rollout dataset (default: the sweep's own data/)")
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=cmd_features)
+
     x = group.add_parser("export", help="copy SAE(s) out of a sweep directory in SAELens' layout")
     x.add_argument("--sae", required=True, help="an SAE directory or a sweep directory")
     x.add_argument("--out", required=True)
@@ -177,5 +223,5 @@ def add_commands(sub) -> None:
     m.add_argument("--out", required=True)
     m.set_defaults(func=cmd_import)
 
-    for p in (t, e, k, m):
+    for p in (t, e, k, f, m):
         p.add_argument("--checkpoint", help="agent weights (default: the shipped agent in weights/)")
