@@ -236,6 +236,13 @@ def test_metrics_by_hand():
     s = metrics.object_scores(values, present)
     assert s.precision[0, 0] == 0.5 and s.recall[0, 0] == 0.5 and s.f1[0, 0] == 0.5
     assert np.isnan(s.f1[0, 1])  # a class that never occurs has no F1
+    # chosen on one set, scored on another: feature 1 wins the first set, and is scored (badly) on the second
+    a = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    b = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    pa = pb = np.array([[True], [True], [False]])
+    assert metrics.choose_and_score(pa, a, pb, b) == [(1, 0.0)]
+    ((f, f1),) = metrics.choose_and_score(pa, a, pb, b, thresholds=lambda v: np.array([[0.5, 0.5]]))
+    assert (f, f1) == (1, 0.0)
 
 
 def test_config_and_sweep_errors():

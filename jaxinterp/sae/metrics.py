@@ -7,6 +7,7 @@ All on held-out samples. FVU is pooled: summed squared error over the summed squ
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -166,11 +167,6 @@ class ObjectScores(NamedTuple):
     f1: np.ndarray
     threshold: np.ndarray  # (F, K)
 
-    def best(self) -> dict[str, tuple[int, float]]:
-        """Per class: the feature with the highest F1, and that F1."""
-        idx = np.nanargmax(np.nan_to_num(self.f1, nan=-1), axis=0)
-        return {c: (int(idx[j]), float(self.f1[idx[j], j])) for j, c in enumerate(OBJECT_CLASSES)}
-
 
 def _scores(fires: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     f, p = fires.astype(np.float32), present.astype(np.float32)
@@ -201,6 +197,27 @@ def object_scores(
             better = np.nan_to_num(f1, nan=-1) > np.nan_to_num(best[2], nan=-1)
             best = tuple(np.where(better, c, b) for c, b in zip(cand, best, strict=True))
     return ObjectScores(*best)
+
+
+def choose_and_score(
+    present_choose: np.ndarray,
+    values_choose: np.ndarray,
+    present_score: np.ndarray,
+    values_score: np.ndarray,
+    *,
+    thresholds: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[tuple[int, float]]:
+    """Per object class, (feature, F1): the feature (and, with ``thresholds``, its threshold) with the best F1 on
+    the first set of samples, scored on the second; NaN F1 where the class never occurs in the second."""
+    cands = None if thresholds is None else thresholds(values_choose)
+    chosen = object_scores(values_choose, present_choose, thresholds=cands)
+    out = []
+    for j in range(present_choose.shape[1]):
+        f = int(np.argmax(np.nan_to_num(chosen.f1[:, j], nan=-1)))
+        fires = values_score[:, f] > chosen.threshold[f, j]
+        _, _, f1 = _scores(fires[:, None], present_score[:, [j]])
+        out.append((f, float(f1[0, 0])))
+    return out
 
 
 def channel_thresholds(
