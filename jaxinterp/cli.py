@@ -367,6 +367,7 @@ def cmd_report(args) -> None:
         color_matrix=stats.matrix,
         seed=args.seed,
         source=str(checkpoint),
+        sae=args.sae,
     )
     print(f"wrote {page}")
 
@@ -506,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--steps", type=int, default=512, help="feature-visualization steps")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--out", required=True)
+    rp.add_argument(
+        "--sae", help="an SAE directory (jaxinterp sae train): adds a section with a row per latent"
+    )
     rp.set_defaults(func=cmd_report)
 
     v = sub.add_parser(

@@ -129,3 +129,49 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     evaluate = ["sae", "eval", "--checkpoint", str(checkpoint), "--sae"]
     assert "no SAE in" in _error([*evaluate, str(tmp_path / "empty")], capsys)
     assert "no dataset for" in _error([*evaluate, str(bad)], capsys)
+
+
+@pytest.mark.slow
+def test_report_section_has_a_row_per_latent(checkpoint, tmp_path):
+    """The report's SAE section alone (the page around it is tested in test_agent_report): every image written."""
+    import re
+
+    from jaxinterp.envs.heist import HeistConfig
+    from jaxinterp.envs.rollout import collect, random_policy
+    from jaxinterp.report import sae as report_sae
+    from jaxinterp.sae import SAEConfig, files, model
+
+    rng = np.random.default_rng(0)
+    shapes = ((32, 8), (8,), (8, 32), (32,), (8,))
+    params = model.SAEParams(*(rng.normal(size=s).astype(np.float32) for s in shapes))
+    config = SAEConfig(d_in=32, width=8, k=2)
+    sae_dir = files.save_sae(
+        files.from_training(config, params, 1.0, layer=LAYER, model_name="t"), tmp_path / "sae"
+    )
+    data = collect(
+        tmp_path / "data",
+        frames=32,
+        policy=random_policy(),
+        env_config=HeistConfig(num_envs=8),
+        seed=0,
+        progress=False,
+    )
+    agent = jaxinterp.load_agent(checkpoint)
+    out = tmp_path / "report"
+    section = report_sae.write_sae_section(
+        agent,
+        sae_dir,
+        data,
+        out,
+        steps=2,
+        k=2,
+        diversity=0.0,
+        color_matrix=None,
+        real_frames=data.evenly_spaced(16)["frames"],
+        latents=4,
+        progress=False,
+    )
+    assert [r["latent"] for r in section["rows"]] == [0, 1, 2, 3]
+    page = report_sae.section_html(section, 64)
+    links = set(re.findall(r"(?:src|href)='([^'#]+)'", page))
+    assert len(links) >= 4 * 4 and all((out / link).is_file() for link in links), sorted(links)

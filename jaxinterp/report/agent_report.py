@@ -29,6 +29,7 @@ from jaxinterp.report import images
 from jaxinterp.report.examples import top_strip, write_sheets, write_spatial
 from jaxinterp.report.featviz import visualize_layers, write_json
 from jaxinterp.report.objects import STRONG, write_object_response
+from jaxinterp.report.sae import section_html, write_sae_section
 
 __all__ = [
     "DEFAULT_DIVERSITY",
@@ -72,11 +73,13 @@ def write_agent_report(
     real_frames: int = REAL_FRAMES,
     seed: int = 0,
     source: str = "",
+    sae: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Analyse ``layers`` (default: each stage's output, ``agent.arch.stage_outputs``) of ``agent`` over the rollout
     ``dataset`` and write ``out_dir``: ``featviz/``, ``examples/`` and ``objects/`` as their own commands write
     them, ``report.json`` (settings, per-channel numbers) and ``index.html``. ``source`` names the agent on the page.
+    ``sae`` (an SAE directory) adds a section with a row per latent (`jaxinterp.report.sae`).
     Rerunning with the same arguments resumes; other settings in the same ``out_dir`` are refused."""
     layers = list(agent.check_layers(layers if layers is not None else agent.arch.stage_outputs))
     if not layers:
@@ -104,6 +107,8 @@ def write_agent_report(
         "seed": seed,
         "color_matrix": None if color_matrix is None else np.asarray(color_matrix, np.float32).tolist(),
     }
+    if sae is not None:  # only then, so that reports written without an SAE resume as before
+        settings["sae"] = str(Path(sae).resolve())
     state = _open_state(out, json.loads(json.dumps(settings)))
 
     real = dataset.evenly_spaced(real_frames)["frames"]
@@ -151,9 +156,24 @@ def write_agent_report(
         for layer in layers
     ]
     state["layers"] = sections
+    if sae is not None and "sae" not in state["done"]:
+        state["sae"] = write_sae_section(
+            agent,
+            sae,
+            dataset,
+            out,
+            steps=steps,
+            k=k,
+            diversity=diversity,
+            color_matrix=color_matrix,
+            real_frames=real,
+            seed=seed,
+            progress=progress,
+        )
+        _mark_done(out, state, "sae")
     write_json(out / "report.json", state)
     page = out / "index.html"
-    page.write_text(_page(settings, sections))
+    page.write_text(_page(settings, sections, state.get("sae")))
     return page
 
 
@@ -243,7 +263,7 @@ th { text-align: left; } img { image-rendering: pixelated; } .num { font-variant
 """
 
 
-def _page(settings: dict, sections: list[dict]) -> str:
+def _page(settings: dict, sections: list[dict], sae: dict | None = None) -> str:
     e = html.escape
     agent, data = settings["agent"], settings["dataset"]
     parts = [
@@ -260,7 +280,8 @@ def _page(settings: dict, sections: list[dict]) -> str:
             "responds most) and the game objects it responds to (position-matched z-scores; <b>bold</b>: z &ge; {STRONG:g}).</p>"
         ),
         "<nav>"
-        + "".join(f"<a href='#{e(images.file_stem(s['layer']))}'>{e(s['layer'])}</a>" for s in sections),
+        + "".join(f"<a href='#{e(images.file_stem(s['layer']))}'>{e(s['layer'])}</a>" for s in sections)
+        + ("<a href='#sae'>SAE latents</a>" if sae else ""),
         "</nav>",
     ]
     for s in sections:
@@ -307,4 +328,6 @@ def _page(settings: dict, sections: list[dict]) -> str:
                 f"<td class='num'>{ch['max_in_play']:.3g}</td></tr>"
             )
         parts.append("</table>")
+    if sae:
+        parts.append(section_html(sae, THUMB_PIXELS))
     return "\n".join(parts) + "\n"
