@@ -71,7 +71,7 @@ def cmd_eval(args) -> None:
     dirs = member_dirs(args.sae)
     sweep_dir = dirs[0].parent
     dataset = _dataset(args.dataset, agent, sweep_dir)
-    summary = evaluate_saes(agent, dataset, dirs, cache_dir=sweep_dir)
+    summary = evaluate_saes(agent, dataset, dirs, cache_dir=sweep_dir, episodes=args.episodes)
     print(format_summary(summary))
 
 
@@ -184,6 +184,12 @@ def add_commands(sub) -> None:
     e = group.add_parser("eval", help="held-out reconstruction, policy fidelity and object scores of SAE(s)")
     e.add_argument("--sae", required=True, help="an SAE directory or a sweep directory")
     e.add_argument("--dataset", help="rollout dataset (default: the sweep's own data/)")
+    e.add_argument(
+        "--episodes",
+        type=int,
+        default=0,
+        help="also play this many unseen levels with each SAE spliced in, and clean",
+    )
     e.set_defaults(func=cmd_eval)
 
     k = group.add_parser("track", help="a latent's map over an episode's frames, as GIFs and strips, with F1")

@@ -307,5 +307,35 @@ def test_policy_fidelity_of_an_exact_sae_is_perfect(heist_frames):
     fid = metrics.policy_fidelity(agent, sae, heist_frames, mean_act)
     assert fid["action_agreement"] == 1.0 and fid["move_agreement"] == 1.0
     assert fid["kl"] < 1e-9 and fid["value_change"] < 1e-5
-    assert fid["zero_ablation"]["kl"] > 1e-6  # the ablations do change the (random agent's nearly flat) policy
+    assert (
+        fid["zero_ablation"]["kl"] > 1e-6
+    )  # the ablations do change the (random agent's nearly flat) policy
     assert fid["kl_score_zero"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_exact_sae_spliced_into_the_policy_acts_as_the_clean_agent(heist_frames):
+    """With an exact reconstruction the spliced policy samples the clean policy's actions from the same key (so it
+    plays the same episodes on the same levels: `spliced_episodes`)."""
+    import jaxinterp
+    from jaxinterp.envs.rollout import agent_policy
+
+    agent = jaxinterp.Agent.random("impala", seed=2)
+    eye = np.eye(32, dtype=np.float32)
+    params = model.SAEParams(
+        np.concatenate([eye, -eye], 1),
+        np.zeros(64, np.float32),
+        np.concatenate([eye, -eye], 0),
+        np.zeros(32, np.float32),
+        np.zeros(64, np.float32),
+    )
+    sae = files.SAE("relu", 1, params, "conv_seqs.2.res_block1", {})
+    spliced, clean = metrics.spliced_policy(agent, sae), agent_policy(agent)
+    for seed in range(3):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(spliced(key, heist_frames)[0], clean(key, heist_frames)[0])
+    broken = sae._replace(params=params._replace(W_dec=1000 * params.W_dec))  # the layer x1000: other logits
+    acts = [
+        np.asarray(metrics.spliced_policy(agent, broken)(jax.random.key(s), heist_frames)[0])
+        for s in range(3)
+    ]
+    assert any((a != np.asarray(clean(jax.random.key(s), heist_frames)[0])).any() for s, a in enumerate(acts))

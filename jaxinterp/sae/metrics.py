@@ -151,6 +151,40 @@ def policy_fidelity(agent: Agent, sae: SAE, frames: np.ndarray, mean_act: np.nda
     }
 
 
+def spliced_policy(agent: Agent, sae: SAE) -> Callable:
+    """A rollout policy (`jaxinterp.envs.rollout.Policy`): the agent with the SAE's reconstruction spliced into its
+    layer, actions sampled from the resulting logits."""
+    layer, logits = sae.layer, agent.arch.logits
+
+    @jax.jit
+    def act(params, sae_params, key, obs):
+        images = preprocess(obs)
+        x = agent.forward(params, images)[layer]
+        spliced = splice(sae._replace(params=sae_params), x)
+        out = agent.forward(params, images, {layer: spliced - x})[logits]
+        return jax.random.categorical(key, out).astype(jnp.int32), {}
+
+    def policy(key, obs):
+        return act(agent.params, sae.params, key, obs)
+
+    policy.description = f"{agent.arch.name} agent with an SAE spliced into {layer} (sampled)"
+    return policy
+
+
+def spliced_episodes(agent: Agent, sae: SAE, episodes: int, *, seed: int = 0, progress: bool = True) -> dict:
+    """Success and return of the clean agent and of the agent with the SAE spliced in, on the same unseen levels
+    (`jaxinterp.agent.evaluate`); the two play the same level sequence per env."""
+    from jaxinterp.agent.evaluate import level_config, run_episodes
+    from jaxinterp.envs.rollout import agent_policy
+
+    config = level_config("unseen", num_envs=min(64, episodes), seed=seed)
+    runs = {"clean": agent_policy(agent), "spliced": spliced_policy(agent, sae)}
+    return {
+        name: run_episodes(policy, config, episodes, seed=seed, progress=progress, desc=name).to_dict()
+        for name, policy in runs.items()
+    }
+
+
 def objects_present(object_maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """(N, H, W, K) bool: which object classes have any pixel in each position's block of the frame."""
     n, h, w = object_maps.shape

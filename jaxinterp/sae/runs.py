@@ -91,10 +91,12 @@ def evaluate_saes(
     *,
     source: ActivationSource | None = None,
     cache_dir: Path | None = None,
+    episodes: int = 0,
     progress: bool = True,
 ) -> list[dict]:
     """Held-out metrics of each SAE directory (all on one layer): reconstruction, policy fidelity and object scores
-    next to the raw channels'. Writes ``eval.json`` in each and ``summary.json`` + ``frontier.png`` beside them."""
+    next to the raw channels', and with ``episodes`` > 0 that many unseen-level episodes played with each SAE spliced
+    in beside the clean agent. Writes ``eval.json`` in each and ``summary.json`` + ``frontier.png`` beside them."""
     saes = [load_member(d, agent) for d in dirs]
     layers = {s.layer for s in saes}
     if len(layers) != 1:
@@ -122,6 +124,8 @@ def evaluate_saes(
         rec = metrics.reconstruction(sae, x)
         freq = rec.pop("log10_frequency")
         fid = metrics.policy_fidelity(agent, sae, frames, mean_act)
+        if episodes > 0:
+            fid["episodes"] = metrics.spliced_episodes(agent, sae, episodes, progress=progress)
         (p_tr, a_tr), (p_ho, a_ho) = splits["train"], splits["heldout"]
         latents = metrics.choose_and_score(
             p_tr, metrics.encode_in_batches(sae, a_tr), p_ho, metrics.encode_in_batches(sae, a_ho)
@@ -186,15 +190,26 @@ def _objects_and_acts(
 
 
 def format_summary(summary: Sequence[dict]) -> str:
-    """One line per SAE: L0, FVU, dead and dense fractions, action and move agreement, KL score."""
+    """One line per SAE: L0, FVU, dead and dense fractions, action and move agreement, KL score, and success with
+    the SAE spliced in (clean) when episodes were played."""
     lines = [
-        f"{'sae':<40} {'L0':>6} {'FVU':>7} {'dead':>6} {'dense':>6} {'action':>7} {'move':>7} {'KL score':>8}"
+        (
+            f"{'sae':<40} {'L0':>6} {'FVU':>7} {'dead':>6} {'dense':>6} {'action':>7} {'move':>7} {'KL score':>8}"
+            f" {'success (clean)':>16}"
+        )
     ]
     for s in summary:
         r, p = s["reconstruction"], s["policy"]
+        played = p.get("episodes")
+        success = (
+            f"{played['spliced']['success_rate']:.1%} ({played['clean']['success_rate']:.1%})"
+            if played
+            else "-"
+        )
         lines.append(
             f"{Path(s['sae']).name:<40} {r['l0']:6.2f} {r['fvu']:7.4f} {r['dead_fraction']:6.1%} "
-            f"{r['dense_fraction']:6.1%} {p['action_agreement']:7.1%} {p['move_agreement']:7.1%} {p['kl_score_zero']:8.3f}"
+            f"{r['dense_fraction']:6.1%} {p['action_agreement']:7.1%} {p['move_agreement']:7.1%} "
+            f"{p['kl_score_zero']:8.3f} {success:>16}"
         )
     return "\n".join(lines)
 
