@@ -25,7 +25,8 @@ SCALE = 4  # pixels per frame pixel in the GIFs and strips
 STRIP_FRAMES = 10
 GAP = 8  # white pixels between the strip's frames
 GIF_MS = 120  # per frame
-CANDIDATES = 4  # levels played per episode asked for; those shown are the ones where the object is seen longest
+CANDIDATES = 4
+"""Levels played per episode asked for; those shown are the ones where the object is seen longest."""
 MASK_COLOUR = np.array([0, 255, 255], np.uint8)  # the object's outline, cyan over the heat's inferno colours
 
 
