@@ -31,9 +31,8 @@ def _dataset(dataset: str | None, agent, out: Path, frames: int | None = None):
     if dataset:
         return Dataset(dataset)
     if frames:
-        return collect(
-            out / "data", frames=frames, policy=agent_policy(agent), env_config=HeistConfig(seed=0), seed=0
-        )
+        config = HeistConfig(num_envs=DEFAULT_ENVS, seed=0)
+        return collect(out / "data", frames=frames, policy=agent_policy(agent), env_config=config, seed=0)
     if (out / "data" / META_FILE).exists():
         return Dataset(out / "data")
     raise JaxinterpError(f"no dataset for {out}: pass --dataset (a `jaxinterp rollout` directory)")
