@@ -339,3 +339,15 @@ def test_an_exact_sae_spliced_into_the_policy_acts_as_the_clean_agent(heist_fram
         for s in range(3)
     ]
     assert any((a != np.asarray(clean(jax.random.key(s), heist_frames)[0])).any() for s, a in enumerate(acts))
+
+
+def test_sparse_probe_finds_the_informative_feature():
+    rng = np.random.default_rng(0)
+    y = rng.random(4000) < 0.1
+    x = rng.normal(size=(4000, 20))
+    x[:, 7] += 3 * y  # feature 7 carries the class
+    f1 = metrics.sparse_probe(x[:2000], y[:2000], x[2000:], y[2000:], k=1)
+    assert f1 > 0.6
+    shuffled = metrics.sparse_probe(x[:2000], y[:2000], x[2000:], rng.permutation(y[2000:]), k=1)
+    assert shuffled < 0.3
+    assert np.isnan(metrics.sparse_probe(x[:2000], np.zeros(2000, bool), x[2000:], y[2000:], k=1))

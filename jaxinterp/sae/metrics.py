@@ -254,6 +254,42 @@ def choose_and_score(
     return out
 
 
+PROBE_K = (1, 2, 5)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, steps: int = 25, ridge: float = 1e-3) -> np.ndarray:
+    """Class-balanced logistic regression by Newton's method: weights (F + 1,) for standardized ``x`` (S, F)."""
+    xb = np.concatenate([x, np.ones((len(x), 1))], 1)
+    pos = y.mean()
+    sample_w = np.where(y, 0.5 / max(pos, 1e-12), 0.5 / max(1 - pos, 1e-12)) / len(y)
+    w = np.zeros(xb.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (sample_w * (p - y)) + ridge * w
+        hess = (xb * (sample_w * p * (1 - p))[:, None]).T @ xb + ridge * np.eye(len(w))
+        w -= np.linalg.solve(hess, grad)
+    return w
+
+
+def sparse_probe(
+    values_train: np.ndarray, y_train: np.ndarray, values_test: np.ndarray, y_test: np.ndarray, k: int
+) -> float:
+    """k-sparse probing (SAEBench's shape): the ``k`` features whose standardized mean differs most between
+    positive and negative training samples, a class-balanced logistic regression on them, its F1 on the test set."""
+    y_train, y_test = y_train.astype(bool), y_test.astype(bool)
+    if not y_train.any() or y_train.all() or not y_test.any():
+        return float("nan")
+    mu, sd = values_train.mean(0), values_train.std(0) + 1e-6
+    z = (values_train - mu) / sd
+    top = np.argsort(-np.abs(z[y_train].mean(0) - z[~y_train].mean(0)))[:k]
+    w = _logistic(z[:, top], y_train)
+    pred = (
+        np.concatenate([(values_test[:, top] - mu[top]) / sd[top], np.ones((len(values_test), 1))], 1) @ w > 0
+    )
+    tp = float((pred & y_test).sum())
+    return 2 * tp / max(float(pred.sum() + y_test.sum()), 1.0)
+
+
 def channel_thresholds(
     values: np.ndarray, quantiles=(0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 ) -> np.ndarray:

@@ -27,7 +27,7 @@ from jaxinterp.sae.files import CFG_FILE, SAE, from_training, load_sae, save_sae
 from jaxinterp.sae.train import train_sweep
 
 EVAL_SAMPLES = 65536  # held-out samples for the reconstruction metrics
-EVAL_FRAMES = 4096  # held-out frames for policy fidelity and object scores (all of a 16k-frame recording's)
+EVAL_FRAMES = 4096  # held-out frames (evenly spaced) for policy fidelity and object scores
 SUMMARY_FILE = "summary.json"
 EVAL_FILE = "eval.json"
 
@@ -116,9 +116,9 @@ def evaluate_saes(
         name: _objects_and_acts(dataset, source, idx)
         for name, idx in (("train", train_idx), ("heldout", frames_idx))
     }
-    channels = metrics.choose_and_score(
-        *splits["train"], *splits["heldout"], thresholds=metrics.channel_thresholds
-    )
+    (p_tr, a_tr), (p_ho, a_ho) = splits["train"], splits["heldout"]
+    channels = metrics.choose_and_score(p_tr, a_tr, p_ho, a_ho, thresholds=metrics.channel_thresholds)
+    channel_probes = _probes(p_tr, a_tr, p_ho, a_ho)
     summary = []
     for d, sae in zip(dirs, saes, strict=True):
         rec = metrics.reconstruction(sae, x)
@@ -126,10 +126,8 @@ def evaluate_saes(
         fid = metrics.policy_fidelity(agent, sae, frames, mean_act)
         if episodes > 0:
             fid["episodes"] = metrics.spliced_episodes(agent, sae, episodes, progress=progress)
-        (p_tr, a_tr), (p_ho, a_ho) = splits["train"], splits["heldout"]
-        latents = metrics.choose_and_score(
-            p_tr, metrics.encode_in_batches(sae, a_tr), p_ho, metrics.encode_in_batches(sae, a_ho)
-        )
+        z_tr, z_ho = metrics.encode_in_batches(sae, a_tr), metrics.encode_in_batches(sae, a_ho)
+        latents = metrics.choose_and_score(p_tr, z_tr, p_ho, z_ho)
         result = {
             "sae": str(d),
             "layer": layer,
@@ -140,6 +138,11 @@ def evaluate_saes(
             "objects": {
                 c: {"latent": lat, "latent_f1": lf1, "channel": ch, "channel_f1": cf1}
                 for c, (lat, lf1), (ch, cf1) in zip(metrics.OBJECT_CLASSES, latents, channels, strict=True)
+            },
+            "probes": {
+                "k": list(metrics.PROBE_K),
+                "latents": _probes(p_tr, z_tr, p_ho, z_ho),
+                "channels": channel_probes,
             },
         }
         (Path(d) / EVAL_FILE).write_text(json.dumps(result, indent=2))
@@ -176,6 +179,15 @@ def plot_frontier(summary: Sequence[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _probes(p_tr, v_tr, p_ho, v_ho) -> dict[str, list[float]]:
+    """Held-out F1 of k-sparse probes (k in `metrics.PROBE_K`) for every class seen in both splits."""
+    return {
+        c: [metrics.sparse_probe(v_tr, p_tr[:, j], v_ho, p_ho[:, j], k) for k in metrics.PROBE_K]
+        for j, c in enumerate(metrics.OBJECT_CLASSES)
+        if p_tr[:, j].any() and p_ho[:, j].any()
+    }
 
 
 def _objects_and_acts(
