@@ -277,7 +277,8 @@ def _page(settings: dict, sections: list[dict], sae: dict | None = None) -> str:
             "position only), its top dataset examples (diversity "
             f"{settings['diversity']:g}; click for the full sheet with the least activating ones), its spatial mosaic "
             "(at every position of the screen, the piece of the frame that excites it most there; opaque where it "
-            "responds most) and the game objects it responds to (position-matched z-scores; <b>bold</b>: z &ge; {STRONG:g}).</p>"
+            "responds most) and the game objects it responds to (position-matched z-scores; "
+            f"<b>bold</b>: z &ge; {STRONG:g}).</p>"
         ),
         "<nav>"
         + "".join(f"<a href='#{e(images.file_stem(s['layer']))}'>{e(s['layer'])}</a>" for s in sections)
