@@ -12,6 +12,15 @@ except ImportError:  # torch is a test-only tool, never a runtime dependency
         raise
     torch = None
 
+if torch is not None:
+    # The parity tests' reference computes in IEEE float32 whatever the machine and whatever else ran in this
+    # process: "tf32"/"bf16" here (or a "medium" matmul precision) let oneDNN round convolution and matmul inputs on
+    # CPUs with AMX or AVX512-BF16, ~1e-4 off. Both are IEEE by default ("none" follows the parent); pinned so that
+    # nothing can change them unseen. jaxinterp's programs stay as users get them: test_models checks every layer
+    # of both sides against float64 (issue 26).
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.mkldnn.fp32_precision = "ieee"  # convolution and matmul inherit it
+
 needs_torch = pytest.mark.skipif(
     torch is None, reason="torch not installed (CI sets JAXINTERP_REQUIRE_TORCH=1)"
 )

@@ -1,12 +1,19 @@
 """Reference torch implementations of the three supported architectures, for parity tests and benchmarks only.
 
 Written from the published layouts (train-procgen-pfrl ImpalaCNN, train-procgen-pytorch ImpalaModel +
-CategoricalPolicy, the 4-stage interpretable CNN); inputs are uint8 NHWC frames scaled by 1/255 as the agents do.
+CategoricalPolicy, the 4-stage interpretable CNN); inputs are uint8 NHWC frames scaled by 1/255 as the agents do,
+in the model's own dtype: ``random_model(...).double()`` is the float64 reference the precision checks compare
+both float32 sides against.
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def _images(obs, model: nn.Module):
+    """uint8 NHWC frames as NCHW images in [0, 1], in the model's dtype (float32, or float64 for a reference)."""
+    return obs.to(next(model.parameters()).dtype).permute(0, 3, 1, 2) / 255.0
 
 
 class PfrlResidualBlock(nn.Module):
@@ -44,7 +51,7 @@ class PfrlImpala(nn.Module):
         self.value_fc = nn.Linear(256, 1)
 
     def forward(self, obs):
-        x = obs.float().permute(0, 3, 1, 2) / 255.0
+        x = _images(obs, self)
         for seq in self.conv_seqs:
             x = seq(x)
         x = F.relu(self.hidden_fc(F.relu(torch.flatten(x, 1))))
@@ -95,7 +102,7 @@ class ProcgenToolsPolicy(nn.Module):
         self.fc_value = nn.Linear(256, 1)
 
     def forward(self, obs):
-        hidden = self.embedder(obs.float().permute(0, 3, 1, 2) / 255.0)
+        hidden = self.embedder(_images(obs, self))
         return self.fc_policy(hidden), self.fc_value(hidden).reshape(-1)
 
 
@@ -118,7 +125,7 @@ class InterpretableCNN(nn.Module):
         self.value_fc = nn.Linear(512, 1)
 
     def forward(self, obs):
-        x = obs.float().permute(0, 3, 1, 2) / 255.0
+        x = _images(obs, self)
         x = self.pool1(F.relu(self.conv1a(x)))
         x = self.pool2(F.relu(self.conv2b(F.relu(self.conv2a(x)))))
         x = self.pool3(F.relu(self.conv3a(x)))
