@@ -346,11 +346,12 @@ def test_sparse_probe_finds_the_informative_feature():
     y = rng.random(4000) < 0.1
     x = rng.normal(size=(4000, 20))
     x[:, 7] += 3 * y  # feature 7 carries the class
-    f1 = metrics.sparse_probe(x[:2000], y[:2000], x[2000:], y[2000:], k=1)
+    z_tr, z_te = metrics.standardize(x[:2000], x[2000:])
+    f1 = metrics.sparse_probe(z_tr, y[:2000], z_te, y[2000:], k=1)
     assert f1 > 0.6
-    shuffled = metrics.sparse_probe(x[:2000], y[:2000], x[2000:], rng.permutation(y[2000:]), k=1)
+    shuffled = metrics.sparse_probe(z_tr, y[:2000], z_te, rng.permutation(y[2000:]), k=1)
     assert shuffled < 0.3
-    assert np.isnan(metrics.sparse_probe(x[:2000], np.zeros(2000, bool), x[2000:], y[2000:], k=1))
+    assert np.isnan(metrics.sparse_probe(z_tr, np.zeros(2000, bool), z_te, y[2000:], k=1))
 
 
 def test_members_vmapped_in_one_pass_equal_members_in_turn(planted):

@@ -271,21 +271,24 @@ def _logistic(x: np.ndarray, y: np.ndarray, steps: int = 25, ridge: float = 1e-3
     return w
 
 
+def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets scaled by the training set's mean and standard deviation per feature (float32)."""
+    mu, sd = train.mean(0), train.std(0) + 1e-6
+    return ((train - mu) / sd).astype(np.float32), ((test - mu) / sd).astype(np.float32)
+
+
 def sparse_probe(
-    values_train: np.ndarray, y_train: np.ndarray, values_test: np.ndarray, y_test: np.ndarray, k: int
+    z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray, k: int
 ) -> float:
-    """k-sparse probing (SAEBench's shape): the ``k`` features whose standardized mean differs most between
-    positive and negative training samples, a class-balanced logistic regression on them, its F1 on the test set."""
+    """k-sparse probing (SAEBench's shape) on `standardize`d features: the ``k`` features whose mean differs most
+    between positive and negative training samples, a class-balanced logistic regression on them, its F1 on the
+    test set."""
     y_train, y_test = y_train.astype(bool), y_test.astype(bool)
     if not y_train.any() or y_train.all() or not y_test.any():
         return float("nan")
-    mu, sd = values_train.mean(0), values_train.std(0) + 1e-6
-    z = (values_train - mu) / sd
-    top = np.argsort(-np.abs(z[y_train].mean(0) - z[~y_train].mean(0)))[:k]
-    w = _logistic(z[:, top], y_train)
-    pred = (
-        np.concatenate([(values_test[:, top] - mu[top]) / sd[top], np.ones((len(values_test), 1))], 1) @ w > 0
-    )
+    top = np.argsort(-np.abs(z_train[y_train].mean(0) - z_train[~y_train].mean(0)))[:k]
+    w = _logistic(z_train[:, top].astype(np.float64), y_train)
+    pred = np.concatenate([z_test[:, top], np.ones((len(z_test), 1))], 1) @ w > 0
     tp = float((pred & y_test).sum())
     return 2 * tp / max(float(pred.sum() + y_test.sum()), 1.0)
 

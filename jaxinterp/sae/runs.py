@@ -28,6 +28,9 @@ from jaxinterp.sae.train import train_sweep
 
 EVAL_SAMPLES = 65536  # held-out samples for the reconstruction metrics
 EVAL_FRAMES = 4096  # held-out frames (evenly spaced) for policy fidelity and object scores
+SCORED_POSITIONS = 262_144
+"""Positions per split for object scores and probes (4,096 frames of an 8 x 8 layer, 1,024 of a 16 x 16 one): a
+16 x 16 layer's 4,096 frames made 1M positions x 256 latents per split, and the probes minutes of work."""
 SUMMARY_FILE = "summary.json"
 EVAL_FILE = "eval.json"
 
@@ -108,12 +111,13 @@ def evaluate_saes(
     frames_idx = evenly(source.heldout_frames, EVAL_FRAMES)
     frames = dataset.get(frames_idx, fields=["frames"])["frames"]
     train_idx = evenly(source.train_frames, EVAL_FRAMES)
+    scored = max(1, SCORED_POSITIONS // source.positions)  # frames for object scores and probes
     mean_act = np.asarray(source.acts[train_idx]).mean(0)  # for mean ablation
     # Object scores: the best latent (channel, with its threshold) per class is chosen on training frames and
     # scored on held-out ones; choosing and scoring on the same frames favoured whichever of 256 latents happened
     # to coincide with an object in a few held-out levels (F1 0.59 there, 0.003 on training frames).
     splits = {
-        name: _objects_and_acts(dataset, source, idx)
+        name: _objects_and_acts(dataset, source, evenly(idx, scored))
         for name, idx in (("train", train_idx), ("heldout", frames_idx))
     }
     (p_tr, a_tr), (p_ho, a_ho) = splits["train"], splits["heldout"]
