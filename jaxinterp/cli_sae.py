@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def _dataset(dataset: str | None, agent, out: Path, frames: int | None = None):
     from jaxinterp.envs.dataset import META_FILE, Dataset
     from jaxinterp.envs.heist import HeistConfig
     from jaxinterp.envs.rollout import agent_policy, collect
+    from jaxinterp.sae.runs import DATASET_FILE
 
     if dataset:
         return Dataset(dataset)
@@ -35,6 +37,8 @@ def _dataset(dataset: str | None, agent, out: Path, frames: int | None = None):
         return collect(out / "data", frames=frames, policy=agent_policy(agent), env_config=config, seed=0)
     if (out / "data" / META_FILE).exists():
         return Dataset(out / "data")
+    if (out / DATASET_FILE).exists():  # a sweep trained on a --dataset
+        return Dataset(json.loads((out / DATASET_FILE).read_text())["dataset"])
     raise JaxinterpError(f"no dataset for {out}: pass --dataset (a `jaxinterp rollout` directory)")
 
 
@@ -57,8 +61,6 @@ def cmd_train(args) -> None:
     dataset = _dataset(args.dataset, agent, out, frames=args.frames or DEFAULT_FRAMES)
     dirs = train_saes(agent, dataset, layer, configs, out, data_seed=args.seed, evaluate=not args.no_eval)
     if not args.no_eval:
-        import json
-
         from jaxinterp.sae.runs import EVAL_FILE
 
         print(format_summary([json.loads((d / EVAL_FILE).read_text()) for d in dirs]))

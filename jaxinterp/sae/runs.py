@@ -3,6 +3,7 @@
 Layout of ``out/``::
 
     sweep.json, metrics.jsonl, checkpoint/    the training run (`train.train_sweep`), resumable
+    dataset.json                              the rollout dataset the samples came from
     activations/<layer>.npy                   the layer's activations over the dataset (memory-mapped)
     <member name>/                            cfg.json, sae_weights.safetensors, sparsity.safetensors, eval.json
     summary.json, frontier.png                every member's held-out metrics; L0 against FVU
@@ -32,6 +33,7 @@ SCORED_POSITIONS = 262_144
 """Positions per split for object scores and probes (4,096 frames of an 8 x 8 layer, 1,024 of a 16 x 16 one): a
 16 x 16 layer's 4,096 frames made 1M positions x 256 latents per split, and the probes minutes of work."""
 SUMMARY_FILE = "summary.json"
+DATASET_FILE = "dataset.json"  # where the sweep's samples came from: `sae eval` reads the same dataset
 EVAL_FILE = "eval.json"
 
 
@@ -65,6 +67,7 @@ def train_saes(
             f"two SAEs of the sweep have the same settings: {min(n for n in names if names.count(n) > 1)}"
         )
     source = activation_source(agent, dataset, layer, out, progress)
+    (out / DATASET_FILE).write_text(json.dumps({"dataset": str(Path(dataset.path).resolve())}))
     result = train_sweep(configs, source, out, data_seed=data_seed, progress=progress)
     model_name = model_name or f"jaxinterp/{agent.arch.name}/{agent.params_digest()}"
     dirs = []
