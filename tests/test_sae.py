@@ -288,28 +288,28 @@ def test_auxk_reconstructs_the_residual_from_the_largest_dead_latents_without_b_
     assert float(model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.zeros(10, bool))) == 0.0
 
 
+def _exact_params() -> model.SAEParams:
+    """relu([x, -x]) decoded by [I; -I]: an SAE (32 -> 64) that reconstructs 32 channels exactly."""
+    eye = np.eye(32, dtype=np.float32)
+    zeros = np.zeros(64, np.float32)
+    return model.SAEParams(
+        np.concatenate([eye, -eye], 1), zeros, np.concatenate([eye, -eye], 0), np.zeros(32, np.float32), zeros
+    )
+
+
 def test_policy_fidelity_of_an_exact_sae_is_perfect(heist_frames):
     """relu([x, -x]) decoded by [I; -I] reconstructs x exactly: the spliced agent is the clean one."""
     import jaxinterp
 
     agent = jaxinterp.Agent.random("impala", seed=1)
     layer = "conv_seqs.2.res_block1"
-    eye = np.eye(32, dtype=np.float32)
-    params = model.SAEParams(
-        np.concatenate([eye, -eye], 1),
-        np.zeros(64, np.float32),
-        np.concatenate([eye, -eye], 0),
-        np.zeros(32, np.float32),
-        np.zeros(64, np.float32),
-    )
+    params = _exact_params()
     sae = files.SAE("relu", 1, params, layer, {})
     mean_act = np.asarray(agent.activations(heist_frames, [layer])[layer]).mean(0)
     fid = metrics.policy_fidelity(agent, sae, heist_frames, mean_act)
     assert fid["action_agreement"] == 1.0 and fid["move_agreement"] == 1.0
     assert fid["kl"] < 1e-9 and fid["value_change"] < 1e-5
-    assert (
-        fid["zero_ablation"]["kl"] > 1e-6
-    )  # the ablations do change the (random agent's nearly flat) policy
+    assert fid["zero_ablation"]["kl"] > 1e-6  # ablation does change the random agent's nearly flat policy
     assert fid["kl_score_zero"] == pytest.approx(1.0, abs=1e-3)
 
 
@@ -320,14 +320,7 @@ def test_an_exact_sae_spliced_into_the_policy_acts_as_the_clean_agent(heist_fram
     from jaxinterp.envs.rollout import agent_policy
 
     agent = jaxinterp.Agent.random("impala", seed=2)
-    eye = np.eye(32, dtype=np.float32)
-    params = model.SAEParams(
-        np.concatenate([eye, -eye], 1),
-        np.zeros(64, np.float32),
-        np.concatenate([eye, -eye], 0),
-        np.zeros(32, np.float32),
-        np.zeros(64, np.float32),
-    )
+    params = _exact_params()
     sae = files.SAE("relu", 1, params, "conv_seqs.2.res_block1", {})
     spliced, clean = metrics.spliced_policy(agent, sae), agent_policy(agent)
     for seed in range(3):

@@ -28,7 +28,7 @@ from jaxinterp.models.agent import Agent
 from jaxinterp.report import images
 from jaxinterp.report.examples import top_strip, write_sheets, write_spatial
 from jaxinterp.report.featviz import visualize_layers, write_json
-from jaxinterp.report.objects import STRONG, write_object_response
+from jaxinterp.report.objects import STRONG, objects_html, write_object_response
 from jaxinterp.report.sae import section_html, write_sae_section
 
 __all__ = [
@@ -310,10 +310,7 @@ def _page(settings: dict, sections: list[dict], sae: dict | None = None) -> str:
             ),
         ]
         for ch in s["channels"]:
-            objs = ", ".join(
-                f"<span class='strong'>{e(o)} {z:.2f}</span>" if z >= STRONG else f"{e(o)} {z:.2f}"
-                for o, z in ch["objects"]
-            )
+            objs = objects_html(ch["objects"])
             mean, centre = ch["featviz"], ch["neuron"]
             parts.append(
                 f"<tr><td class='num'>{ch['channel']}</td>"
@@ -323,7 +320,7 @@ def _page(settings: dict, sections: list[dict], sae: dict | None = None) -> str:
                 )
                 + f"<td><a href='{ch['examples_png']}'><img src='{ch['top_png']}' height={THUMB_PIXELS // 2}></a></td>"
                 f"<td><a href='{ch['spatial_png']}'><img src='{ch['spatial_png']}' height={THUMB_PIXELS}></a></td>"
-                f"<td>{objs or '-'}</td>"
+                f"<td>{objs}</td>"
                 f"<td class='num'>{mean['value']:.3g} / {mean['real_p999']:.3g};<br>"
                 f"{centre['value']:.3g} / {centre['real_p999']:.3g}</td>"
                 f"<td class='num'>{ch['max_in_play']:.3g}</td></tr>"

@@ -3,6 +3,7 @@ object maps themselves drawn beside their frames, so a reader can check what eac
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ OBJECT_COLOURS = np.array(
 STRONG = 1.0
 """z-score from which the table calls a response strong (one standard deviation above the feature's usual value
 at that position)."""
+
+
+def objects_html(ranked) -> str:
+    """A table cell's list of (object, z) pairs, the strong ones (z >= `STRONG`) in bold; "-" for none."""
+    cells = [
+        f"<span class='strong'>{html.escape(o)} {z:.2f}</span>"
+        if z >= STRONG
+        else f"{html.escape(o)} {z:.2f}"
+        for o, z in ranked
+    ]
+    return ", ".join(cells) or "-"
 
 
 def object_table(result: ObjectResponse, top: int = 3) -> str:

@@ -21,7 +21,7 @@ from jaxinterp.models.agent import Agent
 from jaxinterp.report import images
 from jaxinterp.report.examples import top_strip, write_sheets, write_spatial
 from jaxinterp.report.featviz import visualize_layers
-from jaxinterp.report.objects import STRONG, write_object_response
+from jaxinterp.report.objects import objects_html, write_object_response
 from jaxinterp.sae.features import latent_feature, latent_objective
 from jaxinterp.sae.files import load_sparsity
 from jaxinterp.sae.runs import EVAL_FILE, load_member
@@ -147,17 +147,14 @@ def section_html(s: dict[str, Any], thumb: int) -> str:
         ),
     ]
     for r in s["rows"]:
-        objs = ", ".join(
-            f"<span class='strong'>{e(o)} {z:.2f}</span>" if z >= STRONG else f"{e(o)} {z:.2f}"
-            for o, z in r["objects"]
-        )
+        objs = objects_html(r["objects"])
         f1 = ", ".join(f"{e(c)} {v:.2f}" for c, v in r["f1"])
         parts.append(
             f"<tr><td class='num'>{r['latent']}</td>"
             f"<td><a href='{r['png']}'><img src='{r['png']}' height={thumb}></a></td>"
             f"<td><a href='{r['examples_png']}'><img src='{r['top_png']}' height={thumb // 2}></a></td>"
             f"<td><a href='{r['spatial_png']}'><img src='{r['spatial_png']}' height={thumb}></a></td>"
-            f"<td>{objs or '-'}</td><td>{f1 or '-'}</td><td class='num'>{r['max_in_play']:.3g}</td></tr>"
+            f"<td>{objs}</td><td>{f1 or '-'}</td><td class='num'>{r['max_in_play']:.3g}</td></tr>"
         )
     parts.append("</table>")
     return "\n".join(parts)
