@@ -1,8 +1,9 @@
-"""Training the default agent: PPO shaped like purejaxrl (``make_train(config)``), its resumable training loop,
-evaluation on unseen levels and export to the shipped weights."""
+"""Training the default agent: PPO shaped like purejaxrl (``make_train(config)``), its resumable training loop
+(`jaxinterp.agent.train.train`), evaluation on unseen levels (`jaxinterp.agent.evaluate.evaluate`) and export.
 
-from jaxinterp.agent.evaluate import Evaluation, evaluate
+The functions ``train`` and ``evaluate`` are not re-exported here: their names are this package's modules."""
+
+from jaxinterp.agent.evaluate import Evaluation
 from jaxinterp.agent.ppo import PPOConfig, make_train
-from jaxinterp.agent.train import train
 
-__all__ = ["Evaluation", "PPOConfig", "evaluate", "make_train", "train"]
+__all__ = ["Evaluation", "PPOConfig", "make_train"]
