@@ -58,8 +58,8 @@ from jaxinterp.examples import topk as topk_mod
 from jaxinterp.examples.features import channels, feature_maps
 from jaxinterp.examples.find import find_examples
 from jaxinterp.examples.patches import crop
-from jaxinterp.examples.receptive import receptive_field
 from jaxinterp.models.agent import preprocess
+from jaxinterp.models.receptive import receptive_field
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from torch_models import random_model

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.agent.ppo import PPOConfig, make_train
 from jaxinterp.models import impala, layers
+from jaxinterp.rl.ppo import PPOConfig, make_train
 
 
 def slice_pool(x):

@@ -1,6 +1,6 @@
 """Feature-visualization parameterizations on the same channels: pixel vs FFT, decorrelation, transforms.
 
-Five variants, each through ``jaxinterp.report.featviz.visualize_layers`` into its own folder (same seed, steps and
+Five variants, each through ``jaxinterp.report.visualizations.visualize_layers`` into its own folder (same seed, steps and
 Adam learning rate; the sigmoid is always on):
 
 * ``pixel``                — pixel basis, no decorrelation, no transforms (naive gradient ascent)
@@ -9,7 +9,7 @@ Adam learning rate; the sigmoid is always on):
 * ``fft+decorr+tf``        — FFT basis, colour decorrelated with the agent's own frames, transforms (the default)
 * ``fft+decorr``           — FFT basis, decorrelated, no transforms
 
-Real frames of the agent playing (``jaxinterp.agent.export.agent_frames``) give the colour statistics
+Real frames of the agent playing (``jaxinterp.rl.export.agent_frames``) give the colour statistics
 (``param.fit_color_stats``) and each channel's 99th / 99.9th percentile on real play. The table reports, per
 variant: the mean over channels of the channel mean reached (measured on the final, untransformed image), the
 fraction of channels beating the real-frame p99 / p99.9, and image statistics that expose collapse: mean pixel,
@@ -21,7 +21,7 @@ each channel hardest on top, then one row per variant.
 Run:  uv run python benchmarks/featviz_quality.py --checkpoint runs/heist-impala \\
           --layer conv_seqs.2.res_block1 --channels 0-7 --steps 256 --out /tmp/featviz_quality
 ``--checkpoint`` takes a training run directory (its latest checkpoint, via
-``jaxinterp.agent.train.load_run_agent``) or any file ``jaxinterp.load_agent`` reads.
+``jaxinterp.rl.train.load_run_agent``) or any file ``jaxinterp.load_agent`` reads.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def load(checkpoint: str):
     """(agent, description) from a training run directory or a weights file."""
     path = Path(checkpoint)
     if path.is_dir() and (path / "config.json").exists():
-        from jaxinterp.agent.train import load_run_agent
+        from jaxinterp.rl.train import load_run_agent
 
         agent, meta = load_run_agent(path)
         return (
@@ -95,12 +95,12 @@ def main() -> None:
     args = p.parse_args()
 
     wall = time.perf_counter()
-    from jaxinterp.agent.export import agent_frames
+    from jaxinterp import render as report_images
     from jaxinterp.featviz import objectives as obj
     from jaxinterp.featviz import param as param_lib
     from jaxinterp.models.agent import parse_channels
-    from jaxinterp.report import images as report_images
-    from jaxinterp.report.featviz import real_frame_values, visualize_layers
+    from jaxinterp.report.visualizations import real_frame_values, visualize_layers
+    from jaxinterp.rl.export import agent_frames
 
     agent, what = load(args.checkpoint)
     n = agent.layer_shapes[agent.check_layers([args.layer])[0]][-1]

@@ -38,8 +38,8 @@ def _parse_config(text: str | None) -> dict:
 
 
 def cmd_train_agent(args) -> None:
-    from jaxinterp.agent.ppo import PPOConfig
-    from jaxinterp.agent.train import train
+    from jaxinterp.rl.ppo import PPOConfig
+    from jaxinterp.rl.train import train
 
     fields = _parse_config(args.config) | ({"arch": args.arch} if args.arch else {})
     state = train(
@@ -104,7 +104,7 @@ def cmd_rollout(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from jaxinterp.agent.evaluate import evaluate
+    from jaxinterp.rl.evaluate import evaluate
 
     agent = _agent(args)
     results = evaluate(agent, episodes=args.episodes, levels=args.levels, seed=args.seed, greedy=args.greedy)
@@ -115,7 +115,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_export_agent(args) -> None:
-    from jaxinterp.agent.export import export_agent
+    from jaxinterp.rl.export import export_agent
 
     card = export_agent(args.run_dir, args.out, episodes=args.episodes, seed=args.seed)
     e = card["evaluation"]
@@ -135,7 +135,7 @@ def _channels(agent, layer: str, spec: str | None) -> list[int] | None:
 def cmd_examples(args) -> None:
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.examples.find import find_examples
-    from jaxinterp.report.examples import write_sheets
+    from jaxinterp.report.example_sheets import write_sheets
 
     agent = _agent(args)
     dataset = Dataset(args.dataset)
@@ -146,7 +146,7 @@ def cmd_examples(args) -> None:
         )
     if args.nmf:
         from jaxinterp.examples import nmf
-        from jaxinterp.report.images import file_stem
+        from jaxinterp.render import file_stem
 
         if args.channels != "all":
             raise JaxinterpError("--nmf finds its own directions of the layer: leave out --channels")
@@ -173,7 +173,7 @@ def cmd_examples(args) -> None:
         from tqdm import tqdm
 
         from jaxinterp.examples.spatial import spatial_examples
-        from jaxinterp.report.examples import write_spatial
+        from jaxinterp.report.example_sheets import write_spatial
 
         with tqdm(total=len(dataset), unit="frame", desc=f"spatial {args.layer}") as bar:
             mosaics = spatial_examples(agent, feature, dataset, channels=channels, progress=bar.update)
@@ -185,9 +185,9 @@ def cmd_objects(args) -> None:
     from tqdm import tqdm
 
     from jaxinterp.envs.dataset import Dataset
-    from jaxinterp.examples.objects import object_response
-    from jaxinterp.report.images import save_png
-    from jaxinterp.report.objects import object_maps_sheet, object_table, write_object_response
+    from jaxinterp.examples.object_response import object_response
+    from jaxinterp.render import save_png
+    from jaxinterp.report.object_tables import object_maps_sheet, object_table, write_object_response
 
     agent = _agent(args)
     channels = _channels(agent, args.layer, args.channels)
@@ -207,7 +207,7 @@ def cmd_objects(args) -> None:
 def cmd_attribution(args) -> None:
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.examples.attribution import gradient_x_activation, integrated_gradients
-    from jaxinterp.report.heatmaps import write_saliency
+    from jaxinterp.report.overlays import write_saliency
 
     agent = _agent(args)
     ds = Dataset(args.dataset)
@@ -295,8 +295,8 @@ def _context(args):
 
 
 def cmd_visualize(args) -> None:
-    from jaxinterp.agent.export import agent_frames
-    from jaxinterp.report.featviz import visualize_layers
+    from jaxinterp.report.visualizations import visualize_layers
+    from jaxinterp.rl.export import agent_frames
     from jaxinterp.weights.store import default_checkpoint
 
     transforms = _transforms(args)  # before the slow part, so bad flags fail at once

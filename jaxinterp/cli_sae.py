@@ -123,8 +123,8 @@ def cmd_features(args) -> None:
     from jaxinterp.cli import _color_stats
     from jaxinterp.examples.find import find_examples
     from jaxinterp.models.agent import parse_channels
-    from jaxinterp.report.examples import write_sheets
-    from jaxinterp.report.featviz import visualize_layers
+    from jaxinterp.report.example_sheets import write_sheets
+    from jaxinterp.report.visualizations import visualize_layers
     from jaxinterp.sae.features import latent_feature, latent_objective
     from jaxinterp.sae.runs import load_member
     from jaxinterp.weights.store import default_checkpoint

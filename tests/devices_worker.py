@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.agent.ppo import PPOConfig, Transition, make_train
 from jaxinterp.errors import JaxinterpError
+from jaxinterp.rl.ppo import PPOConfig, Transition, make_train
 
 # 4 envs and minibatches of 8 frames in passes of 2: both split over 2 devices.
 CONFIG = PPOConfig(num_envs=4, num_steps=4, num_minibatches=2, update_epochs=2, microbatch_size=2)

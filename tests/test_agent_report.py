@@ -10,7 +10,7 @@ import jaxinterp
 from jaxinterp.cli import main
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.objects import load_npz
+from jaxinterp.examples.object_response import load_npz
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.report import agent_report
 

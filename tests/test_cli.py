@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import jaxinterp
-import jaxinterp.agent.train
 import jaxinterp.envs.dataset
+import jaxinterp.rl.train
 from jaxinterp.cli import main
 
 

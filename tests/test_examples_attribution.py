@@ -12,7 +12,7 @@ from test_examples_support import random_agent
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples import attribution as attr
 from jaxinterp.models.agent import Agent, preprocess
-from jaxinterp.report import heatmaps
+from jaxinterp.report import overlays as heatmaps
 
 LAYER = "conv_seqs.1.res_block0"
 

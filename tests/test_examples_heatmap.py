@@ -6,9 +6,11 @@ import pytest
 from PIL import Image
 from test_examples_support import random_agent
 
+from jaxinterp import render
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples import features, find, heatmap, receptive
-from jaxinterp.report import heatmaps
+from jaxinterp.examples import features, find
+from jaxinterp.models import receptive
+from jaxinterp.report import overlays as heatmaps
 
 LAYER = "conv_seqs.1.res_block0"
 
@@ -60,7 +62,7 @@ def test_upsample_places_positions_on_their_field_centres():
         rf = receptive.receptive_field(agent, layer)
         h = agent.layer_shapes[layer][0]
         maps = rng.standard_normal((2, h, h)).astype(np.float32)
-        up = heatmap.upsample(maps, rf, method="bilinear")
+        up = receptive.upsample(maps, rf, method="bilinear")
         assert up.shape == (2, 64, 64)
         # IMPALA's odd fields are centred on pixels (8i and 2i here, not 8i + 3.5 and 2i + 0.5 as an image resize
         # would put them); there the upsampled map equals the position's value.
@@ -68,20 +70,20 @@ def test_upsample_places_positions_on_their_field_centres():
         np.testing.assert_allclose(centre % 1, 0.5)
         p = (centre - 0.5).astype(int)
         np.testing.assert_allclose(up[:, p][:, :, p], maps, rtol=1e-5, atol=1e-6)
-        near = heatmap.upsample(maps, rf, method="nearest")
+        near = receptive.upsample(maps, rf, method="nearest")
         assert set(np.unique(near)) <= set(np.unique(maps))
     # Without a field: a plain resize, nearest is a block repeat.
     maps = rng.standard_normal((1, 8, 8, 2)).astype(np.float32)
-    np.testing.assert_array_equal(heatmap.upsample(maps, method="nearest"), maps.repeat(8, 1).repeat(8, 2))
-    np.testing.assert_allclose(heatmap.upsample(np.ones((1, 4, 4))), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(receptive.upsample(maps, method="nearest"), maps.repeat(8, 1).repeat(8, 2))
+    np.testing.assert_allclose(receptive.upsample(np.ones((1, 4, 4))), 1.0, rtol=1e-6)
 
 
 def test_overlays_and_feature_heatmap_pngs(tmp_path):
     f = frames(3)
     heat = np.random.default_rng(1).random((3, 64, 64))
-    over = heatmap.overlay(f, heat, alpha=0.0)
+    over = render.overlay(f, heat, alpha=0.0)
     np.testing.assert_array_equal(over, f)  # alpha 0: just the frame
-    colours = heatmap.colorize(heat)
+    colours = render.colorize(heat)
     assert colours.shape == (3, 64, 64, 3) and colours.dtype == np.uint8
     path = heatmaps.write_overlays(tmp_path / "o.png", f, heat, scale=2)
     with Image.open(path) as im:
@@ -89,7 +91,7 @@ def test_overlays_and_feature_heatmap_pngs(tmp_path):
     paths = heatmaps.write_feature_heatmaps(random_agent(), LAYER, f, tmp_path / "maps", channels=[1, 4])
     assert [p.name for p in paths] == ["conv_seqs_1_res_block0_0001.png", "conv_seqs_1_res_block0_0004.png"]
     with pytest.raises(JaxinterpError, match="upsample"):
-        heatmap.overlay(f, heat[:, :8, :8])
+        render.overlay(f, heat[:, :8, :8])
 
 
 def test_weighted_overlays_leave_unattributed_pixels_clear_and_clip_at_the_percentile():
@@ -97,16 +99,16 @@ def test_weighted_overlays_leave_unattributed_pixels_clear_and_clip_at_the_perce
     heat = np.zeros((1, 64, 64), np.float32)
     heat[0, :4, :] = 1.0  # 256 pixels at 1 (6% of the frame), one outlier at 100
     heat[0, 10, 10] = 100.0
-    over = heatmap.overlay(f, heat, alpha=0.9, weighted=True, percentile=90)
+    over = render.overlay(f, heat, alpha=0.9, weighted=True, percentile=90)
     np.testing.assert_array_equal(over[0, 20:], f[0, 20:])  # zero heat: the frame itself
     # The 90th percentile is 0 here (94% zeros): everything above it saturates, fully coloured at alpha 0.9.
-    top = heatmap.colorize(np.ones(1), vmin=0, vmax=1)[0].astype(np.float32)
+    top = render.colorize(np.ones(1), vmin=0, vmax=1)[0].astype(np.float32)
     expected = (0.1 * f[0, :4].astype(np.float32) + 0.9 * top).round()
     np.testing.assert_allclose(over[0, :4], expected, atol=1)  # float rounding
     # Scaled to the outlier instead (percentile 100), the band is at 1% of the range: nearly clear.
-    faint = heatmap.overlay(f, heat, alpha=0.9, weighted=True)
+    faint = render.overlay(f, heat, alpha=0.9, weighted=True)
     assert np.abs(faint[0, :4].astype(int) - f[0, :4]).max() <= 3
     # Signed: opacity grows with |heat| on both sides of zero.
-    signed = heatmap.overlay(f, -heat, alpha=0.9, weighted=True, symmetric=True, cmap=heatmap.DIVERGING_CMAP)
+    signed = render.overlay(f, -heat, alpha=0.9, weighted=True, symmetric=True, cmap=render.DIVERGING_CMAP)
     np.testing.assert_array_equal(signed[0, 20:], f[0, 20:])
     assert (signed[0, 10, 10] != f[0, 10, 10]).any()

@@ -6,8 +6,9 @@ from PIL import Image
 from test_examples_support import random_agent
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples import features, receptive, spatial
-from jaxinterp.report import examples as sheets
+from jaxinterp.examples import features, spatial
+from jaxinterp.models import receptive
+from jaxinterp.report import example_sheets as sheets
 
 LAYER = "conv_seqs.2.res_block1"  # 8 x 8 positions of 8 x 8-pixel cells
 

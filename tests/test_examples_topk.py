@@ -9,9 +9,10 @@ from PIL import Image
 from test_examples_support import random_agent
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples import features, find, patches, receptive, topk
-from jaxinterp.report import examples as sheets
-from jaxinterp.report.images import GAP
+from jaxinterp.examples import features, find, patches, topk
+from jaxinterp.models import receptive
+from jaxinterp.render import GAP
+from jaxinterp.report import example_sheets as sheets
 
 LAYER = "conv_seqs.1.res_block0"  # a residual sum: signed, so frame maxima and minima have no ties
 

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxinterp.agent import train as train_module
-from jaxinterp.agent.ppo import (
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.rl import train as train_module
+from jaxinterp.rl.ppo import (
     PPOConfig,
     RewardNormalizer,
     Transition,
@@ -19,8 +20,7 @@ from jaxinterp.agent.ppo import (
     make_train,
     minibatch_data,
 )
-from jaxinterp.agent.train import _Checkpoints, load_run_agent, train
-from jaxinterp.errors import JaxinterpError
+from jaxinterp.rl.train import _Checkpoints, load_run_agent, train
 
 TINY = PPOConfig(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=2)
 

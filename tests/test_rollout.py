@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxinterp.envs.dataset import Dataset
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import SUCCESS_REWARD, HeistConfig
-from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.envs.rollout import collect, random_policy
 from jaxinterp.errors import JaxinterpError
 

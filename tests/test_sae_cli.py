@@ -138,7 +138,7 @@ def test_report_section_has_a_row_per_latent(checkpoint, tmp_path):
 
     from jaxinterp.envs.heist import HeistConfig
     from jaxinterp.envs.rollout import collect, random_policy
-    from jaxinterp.report import sae as report_sae
+    from jaxinterp.report import latents as report_sae
     from jaxinterp.sae import SAEConfig, files, model
 
     rng = np.random.default_rng(0)

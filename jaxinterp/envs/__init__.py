@@ -1,8 +1,8 @@
 """Heist: vectorized procgen environments, rollouts with a policy, on-disk datasets and ground-truth object maps."""
 
 from jaxinterp.envs.dataset import Dataset, DatasetWriter
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES, object_map, object_maps
 from jaxinterp.envs.heist import MOVE_OF_ACTION, NUM_ACTIONS, HeistConfig, HeistEnv
-from jaxinterp.envs.objects import OBJECT_CLASSES, object_map, object_maps
 from jaxinterp.envs.rollout import agent_policy, collect, random_policy
 
 __all__ = [

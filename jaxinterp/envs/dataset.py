@@ -30,8 +30,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from jaxinterp.envs.heist import OBS_SHAPE, SUCCESS_REWARD, Episodes, EpisodeSummary, HeistConfig, HeistState
+from jaxinterp.envs.heist import SUCCESS_REWARD, Episodes, EpisodeSummary, HeistConfig, HeistState
 from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import OBS_SHAPE
 
 FORMAT = "jaxinterp.rollout"
 VERSION = 2  # 2 added `objects`

@@ -20,7 +20,6 @@ NUM_ACTIONS = 15
 MOVE_OF_ACTION = (0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4)
 """What each of the 15 actions does in Heist: actions 0-8 are the eight moves and standing still (4); Heist ignores
 the special actions 9-14, so they stand still too (procgen's ``BasicAbstractGame``). Seven actions, one move."""
-OBS_SHAPE = (64, 64, 3)
 # Heist pays exactly this once, when the agent reaches the gem; nothing else is rewarded.
 SUCCESS_REWARD = 10.0
 DISTRIBUTION_MODES = ("easy", "hard")
@@ -223,8 +222,8 @@ class HeistEnv:
 
     def object_maps(self) -> np.ndarray:
         """uint8 (num_envs, 64, 64): which game object each pixel of the current observations shows, as indices
-        into `jaxinterp.envs.objects.OBJECT_CLASSES` (read from procgen's game state, ~0.3 ms per env)."""
-        from jaxinterp.envs.objects import object_maps
+        into `jaxinterp.envs.ground_truth.OBJECT_CLASSES` (read from procgen's game state, ~0.3 ms per env)."""
+        from jaxinterp.envs.ground_truth import object_maps
 
         return object_maps(self._env.get_state())
 

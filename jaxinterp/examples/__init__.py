@@ -13,10 +13,8 @@ from jaxinterp.examples.attribution import (
 )
 from jaxinterp.examples.features import Feature, channels, compute_feature_maps, direction, feature_maps
 from jaxinterp.examples.find import ExamplesResult, find_examples, load_npz, save_npz
-from jaxinterp.examples.heatmap import colorize, overlay, upsample
-from jaxinterp.examples.objects import ObjectResponse, object_response
+from jaxinterp.examples.object_response import ObjectResponse, object_response
 from jaxinterp.examples.patches import crop_positions, select_diverse, similarity
-from jaxinterp.examples.receptive import ReceptiveField, receptive_field, receptive_fields
 from jaxinterp.examples.topk import EMPTY, Ranked, scan
 
 __all__ = [
@@ -27,9 +25,7 @@ __all__ = [
     "Feature",
     "ObjectResponse",
     "Ranked",
-    "ReceptiveField",
     "channels",
-    "colorize",
     "compute_feature_maps",
     "crop_positions",
     "direction",
@@ -40,13 +36,9 @@ __all__ = [
     "integrated_gradients",
     "load_npz",
     "object_response",
-    "overlay",
-    "receptive_field",
-    "receptive_fields",
     "saliency",
     "save_npz",
     "scan",
     "select_diverse",
     "similarity",
-    "upsample",
 ]

@@ -17,9 +17,9 @@ from jaxinterp.examples.patches import (
     select_diverse,
     similarity,
 )
-from jaxinterp.examples.receptive import ReceptiveField, receptive_field
 from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, FrameScore, Ranked, Source, scan
 from jaxinterp.models.agent import Agent
+from jaxinterp.models.receptive import ReceptiveField, receptive_field
 
 __all__ = ["CANDIDATES_PER_EXAMPLE", "DEFAULT_K", "ExamplesResult", "find_examples", "load_npz", "save_npz"]
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.receptive import FRAME_SIZE, ReceptiveField
+from jaxinterp.models.receptive import FRAME_SIZE, ReceptiveField
 
 __all__ = [
     "COSINE_EPS",

@@ -26,9 +26,9 @@ import numpy as np
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
-from jaxinterp.examples.receptive import FRAME_SIZE, ReceptiveField, receptive_field
 from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, EMPTY, Ranked, Source, iter_batches, merge
 from jaxinterp.models.agent import Agent, pad_rows, preprocess
+from jaxinterp.models.receptive import FRAME_SIZE, ReceptiveField, receptive_field
 
 __all__ = [
     "DEFAULT_PER_POSITION",

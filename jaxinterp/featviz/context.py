@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.receptive import receptive_field
 from jaxinterp.models.agent import Agent, check_obs, preprocess
+from jaxinterp.models.receptive import receptive_field
 
 __all__ = [
     "DEFAULT_BATCH",

@@ -2,14 +2,18 @@
 
 from jaxinterp.models.agent import OBS_SHAPE, Agent, check_obs, parse_channels, preprocess
 from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture
+from jaxinterp.models.receptive import ReceptiveField, receptive_field, receptive_fields
 
 __all__ = [
     "OBS_SHAPE",
     "Agent",
     "Architecture",
+    "ReceptiveField",
     "activation_shapes",
     "check_obs",
     "get_architecture",
     "parse_channels",
     "preprocess",
+    "receptive_field",
+    "receptive_fields",
 ]

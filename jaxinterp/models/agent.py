@@ -18,12 +18,17 @@ from jaxinterp.models.impala import Architecture, activation_shapes, get_archite
 OBS_SHAPE = (64, 64, 3)
 
 
+@jax.tree_util.register_pytree_node_class
 class Agent:
     """A Procgen agent network: ``logits, value = agent(obs)`` on uint8 frames (N, 64, 64, 3).
 
     ``agent.forward(params, images)`` is the pure function underneath: images in [0, 1] (the agent's own input
     scaling is ``obs / 255``) to ``{layer name: NHWC activation}``; ``agent.apply(params, obs)`` gives
     ``(logits, value)``. Both are safe to ``jit``, ``vmap`` and ``grad``.
+
+    An ``Agent`` is a pytree: its params are the leaves, its architecture the static part. So jitted functions
+    take the agent as an ordinary argument, and one compiled program serves every agent of an architecture (the
+    one compile-cache pattern of jaxinterp: ``functools.partial(jax.jit, static_argnames=...)`` at module level).
     """
 
     def __init__(self, arch: Architecture | str, params: dict, *, num_actions: int, channels=None):
@@ -43,6 +48,14 @@ class Agent:
         arch = get_architecture(arch) if isinstance(arch, str) else arch
         params = init_params(arch, jax.random.key(seed), **_build_kwargs(num_actions, channels))
         return cls(arch, params, num_actions=num_actions, channels=channels)
+
+    def tree_flatten(self):
+        return (self.params,), (self.arch, self.num_actions, self.build_kwargs.get("channels"))
+
+    @classmethod
+    def tree_unflatten(cls, static, leaves) -> Agent:
+        arch, num_actions, channels = static
+        return cls(arch, leaves[0], num_actions=num_actions, channels=channels)
 
     def __repr__(self) -> str:
         return f"Agent({self.arch.name!r}, num_actions={self.num_actions}, params={self.num_params:,})"
@@ -104,11 +117,11 @@ class Agent:
         return channel
 
     def __call__(self, obs) -> tuple[jax.Array, jax.Array]:
-        return _jit_apply(self)(self.params, check_obs(obs))
+        return _apply(self, check_obs(obs))
 
     def activations(self, obs, names: Sequence[str]) -> dict[str, jax.Array]:
         """``{name: activation}`` for uint8 frames, exactly what a torch forward hook returns (as NHWC)."""
-        return _jit_activations(self, self.check_layers(names))(self.params, check_obs(obs))
+        return _activations(self, check_obs(obs), self.check_layers(names))
 
 
 def array_digest(arrays: Iterable) -> str:
@@ -240,13 +253,11 @@ def check_obs(obs) -> jax.Array:
     return jnp.asarray(obs)
 
 
-@functools.lru_cache(maxsize=32)
-def _jit_apply(agent: Agent):
-    return jax.jit(agent.apply)
+@jax.jit
+def _apply(agent: Agent, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return agent.apply(agent.params, obs)
 
 
-@functools.lru_cache(maxsize=64)
-def _jit_activations(agent: Agent, names: tuple[str, ...]):
-    return jax.jit(
-        lambda params, obs: {n: a for n, a in agent.forward(params, preprocess(obs)).items() if n in names}
-    )
+@functools.partial(jax.jit, static_argnames="names")
+def _activations(agent: Agent, obs: jax.Array, names: tuple[str, ...]) -> dict[str, jax.Array]:
+    return {n: a for n, a in agent.forward(agent.params, preprocess(obs)).items() if n in names}

@@ -2,10 +2,10 @@
 heatmap overlays. It imports the computing packages (featviz, examples); they never import it.
 """
 
-from jaxinterp.report.examples import examples_sheet, write_sheets
-from jaxinterp.report.featviz import visualize_layers
-from jaxinterp.report.heatmaps import write_feature_heatmaps, write_overlays, write_saliency
-from jaxinterp.report.objects import object_maps_sheet, object_table, write_object_response
+from jaxinterp.report.example_sheets import examples_sheet, write_sheets
+from jaxinterp.report.object_tables import object_maps_sheet, object_table, write_object_response
+from jaxinterp.report.overlays import write_feature_heatmaps, write_overlays, write_saliency
+from jaxinterp.report.visualizations import visualize_layers
 
 __all__ = [
     "examples_sheet",

@@ -17,19 +17,19 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxinterp import render as images
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.find import find_examples
-from jaxinterp.examples.objects import ObjectResponse, load_npz, object_response
+from jaxinterp.examples.object_response import ObjectResponse, load_npz, object_response
 from jaxinterp.examples.spatial import spatial_examples
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.engine import DEFAULT_STEPS
 from jaxinterp.models.agent import Agent
-from jaxinterp.report import images
-from jaxinterp.report.examples import top_strip, write_sheets, write_spatial
-from jaxinterp.report.featviz import visualize_layers, write_json
-from jaxinterp.report.objects import STRONG, objects_html, write_object_response
-from jaxinterp.report.sae import section_html, write_sae_section
+from jaxinterp.report.example_sheets import top_strip, write_sheets, write_spatial
+from jaxinterp.report.latents import section_html, write_sae_section
+from jaxinterp.report.object_tables import STRONG, objects_html, write_object_response
+from jaxinterp.report.visualizations import visualize_layers, write_json
 
 __all__ = [
     "DEFAULT_DIVERSITY",
@@ -79,7 +79,7 @@ def write_agent_report(
     """Analyse ``layers`` (default: each stage's output, ``agent.arch.stage_outputs``) of ``agent`` over the rollout
     ``dataset`` and write ``out_dir``: ``featviz/``, ``examples/`` and ``objects/`` as their own commands write
     them, ``report.json`` (settings, per-channel numbers) and ``index.html``. ``source`` names the agent on the page.
-    ``sae`` (an SAE directory) adds a section with a row per latent (`jaxinterp.report.sae`).
+    ``sae`` (an SAE directory) adds a section with a row per latent (`jaxinterp.report.latents`).
     Rerunning with the same arguments resumes; other settings in the same ``out_dir`` are refused."""
     layers = list(agent.check_layers(layers if layers is not None else agent.arch.stage_outputs))
     if not layers:

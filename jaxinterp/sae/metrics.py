@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import MOVE_OF_ACTION
-from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.models.agent import Agent, preprocess
 from jaxinterp.sae import model
 from jaxinterp.sae.files import SAE
@@ -173,9 +173,9 @@ def spliced_policy(agent: Agent, sae: SAE) -> Callable:
 
 def spliced_episodes(agent: Agent, sae: SAE, episodes: int, *, seed: int = 0, progress: bool = True) -> dict:
     """Success and return of the clean agent and of the agent with the SAE spliced in, on the same unseen levels
-    (`jaxinterp.agent.evaluate`); the two play the same level sequence per env."""
-    from jaxinterp.agent.evaluate import level_config, run_episodes
+    (`jaxinterp.rl.evaluate`); the two play the same level sequence per env."""
     from jaxinterp.envs.rollout import agent_policy
+    from jaxinterp.rl.evaluate import level_config, run_episodes
 
     config = level_config("unseen", num_envs=min(64, episodes), seed=seed)
     runs = {"clean": agent_policy(agent), "spliced": spliced_policy(agent, sae)}

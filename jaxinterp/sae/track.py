@@ -11,13 +11,13 @@ import numpy as np
 from PIL import Image
 
 from jaxinterp.envs.dataset import Dataset
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import HeistConfig
-from jaxinterp.envs.objects import OBJECT_CLASSES
 from jaxinterp.envs.rollout import agent_policy, collect
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.heatmap import overlay, upsample
-from jaxinterp.examples.receptive import receptive_field
 from jaxinterp.models.agent import Agent
+from jaxinterp.models.receptive import receptive_field, upsample
+from jaxinterp.render import overlay
 from jaxinterp.sae import metrics
 from jaxinterp.sae.runs import EVAL_FILE, load_member
 

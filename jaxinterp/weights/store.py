@@ -50,7 +50,7 @@ def load_agent(path: str | Path) -> Agent:
     path = Path(path)
     if path.is_dir():
         if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-            from jaxinterp.agent.train import load_run_agent  # the trainer imports procgen: only when needed
+            from jaxinterp.rl.train import load_run_agent  # the trainer imports procgen: only when needed
 
             return load_run_agent(path)[0]
         return _load_orbax(path)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp import render as report_images
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
 from jaxinterp.featviz import param as param_lib
@@ -25,7 +26,6 @@ from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.context import Context, ContextSpec
 from jaxinterp.featviz.engine import DEFAULT_LR, DEFAULT_STEPS, VisualizeConfig, make_visualize
 from jaxinterp.models.agent import Agent, array_digest, check_obs, parse_channels, preprocess
-from jaxinterp.report import images as report_images
 
 __all__ = [
     "PERCENTILES",

@@ -1,9 +1,9 @@
 """Training the default agent: PPO shaped like purejaxrl (``make_train(config)``), its resumable training loop
-(`jaxinterp.agent.train.train`), evaluation on unseen levels (`jaxinterp.agent.evaluate.evaluate`) and export.
+(`jaxinterp.rl.train.train`), evaluation on unseen levels (`jaxinterp.rl.evaluate.evaluate`) and export.
 
 The functions ``train`` and ``evaluate`` are not re-exported here: their names are this package's modules."""
 
-from jaxinterp.agent.evaluate import Evaluation
-from jaxinterp.agent.ppo import PPOConfig, make_train
+from jaxinterp.rl.evaluate import Evaluation
+from jaxinterp.rl.ppo import PPOConfig, make_train
 
 __all__ = ["Evaluation", "PPOConfig", "make_train"]

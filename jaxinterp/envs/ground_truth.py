@@ -5,7 +5,7 @@ field order is ``Game::serialize``, ``BasicAbstractGame::serialize``, ``Entity::
 ``HeistGame::serialize`` of procgen 0.10). Reading it gives the exact wall grid and every entity's rectangle, which
 are painted here the way procgen paints the 64x64 observation (grid first, then entities by ``render_z``). The
 labels are ground truth, not a colour heuristic, so channels can be matched to game objects by measurement
-(`jaxinterp.examples.objects`).
+(`jaxinterp.examples.object_response`).
 """
 
 from __future__ import annotations

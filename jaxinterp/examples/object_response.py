@@ -1,7 +1,7 @@
 """Which game objects each feature responds to, measured: a feature's value where each object class lies, against
 its usual value at that same position.
 
-A rollout dataset stores, with every frame, the game object under each pixel (`jaxinterp.envs.objects`). Each
+A rollout dataset stores, with every frame, the game object under each pixel (`jaxinterp.envs.ground_truth`). Each
 position of a feature map covers a block of the 64x64 frame (2x2 pixels at 32x32, 8x8 at 8x8), whose object
 coverage weights the feature's value there. The score is position-matched: at each position, how many standard
 deviations above its mean *at that position* (over all frames) the feature is, averaged over the class's pixels.
@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.envs.heist import OBS_SHAPE
-from jaxinterp.envs.objects import OBJECT_CLASSES
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
-from jaxinterp.models.agent import Agent, pad_rows, preprocess
+from jaxinterp.models.agent import OBS_SHAPE, Agent, pad_rows, preprocess
 
 __all__ = ["ObjectResponse", "load_npz", "object_response", "objects_at", "save_npz"]
 

@@ -1,4 +1,4 @@
-"""Heatmap and saliency PNGs: frames in a row above their coloured overlays (``jaxinterp.examples.heatmap``)."""
+"""Heatmap and saliency PNGs: frames in a row above their coloured overlays (colours from ``jaxinterp.render``)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import numpy as np
 
 from jaxinterp.examples.attribution import INPUT, saliency
 from jaxinterp.examples.features import Feature, as_feature, compute_feature_maps, feature_ids
-from jaxinterp.examples.heatmap import (
+from jaxinterp.models.agent import Agent
+from jaxinterp.models.receptive import Method, receptive_field, upsample
+from jaxinterp.render import (
     DEFAULT_SCALE,
     DIVERGING_CMAP,
     SALIENCY_ALPHA,
     SALIENCY_PERCENTILE,
-    Method,
+    file_stem,
     overlay_grid,
-    upsample,
+    save_png,
 )
-from jaxinterp.examples.receptive import receptive_field
-from jaxinterp.models.agent import Agent
-from jaxinterp.report.images import file_stem, save_png
 
 __all__ = ["write_feature_heatmaps", "write_overlays", "write_saliency"]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxinterp.envs.objects import OBJECT_CLASSES
+from jaxinterp import render as images
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
-from jaxinterp.examples.objects import objects_at
+from jaxinterp.examples.object_response import objects_at
 from jaxinterp.examples.patches import patch_origin
-from jaxinterp.examples.receptive import FRAME_SIZE, WHOLE_FRAME, ReceptiveField
 from jaxinterp.examples.spatial import SpatialExamples, default_reuse, mosaic
-from jaxinterp.report import images
+from jaxinterp.models.receptive import FRAME_SIZE, WHOLE_FRAME, ReceptiveField
 
 __all__ = [
     "BOXED_FIELD",
@@ -128,7 +128,7 @@ def examples_sheet(
     Where every receptive field spans the frame (`covers_frame`) the sheet shows the whole frames instead of the
     patches, and wide fields get the position boxed (`example_views`). With ``object_maps`` (the rollout
     ``Dataset``, or global frame index -> (64, 64) map) each patch also names the game object at its position
-    (`jaxinterp.examples.objects.objects_at`).
+    (`jaxinterp.examples.object_response.objects_at`).
     """
     rf = result.receptive_field
     whole = covers_frame(rf)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_examples_support import random_agent
 
-from jaxinterp.examples.receptive import FRAME_SIZE, WHOLE_FRAME, boxes, receptive_field, receptive_fields
 from jaxinterp.models.impala import ARCHITECTURES
+from jaxinterp.models.receptive import FRAME_SIZE, WHOLE_FRAME, boxes, receptive_field, receptive_fields
 
 # Layers whose fields end inside the frame, so the gradient support checks the field's exact edges, plus one
 # per architecture whose field spills past the frame on every side.

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxinterp import render as images
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.examples.find import find_examples
-from jaxinterp.examples.objects import object_response
+from jaxinterp.examples.object_response import object_response
 from jaxinterp.examples.spatial import spatial_examples
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.models.agent import Agent
-from jaxinterp.report import images
-from jaxinterp.report.examples import top_strip, write_sheets, write_spatial
-from jaxinterp.report.featviz import visualize_layers
-from jaxinterp.report.objects import objects_html, write_object_response
+from jaxinterp.report.example_sheets import top_strip, write_sheets, write_spatial
+from jaxinterp.report.object_tables import objects_html, write_object_response
+from jaxinterp.report.visualizations import visualize_layers
 from jaxinterp.sae.features import latent_feature, latent_objective
 from jaxinterp.sae.files import load_sparsity
 from jaxinterp.sae.runs import EVAL_FILE, load_member

@@ -12,12 +12,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxinterp.agent.evaluate import evaluate, level_config
-from jaxinterp.agent.ppo import PPOConfig
-from jaxinterp.agent.train import load_run_agent
 from jaxinterp.envs.heist import HeistEnv
 from jaxinterp.envs.rollout import agent_policy
 from jaxinterp.featviz.param import fit_color_stats, save_color_stats
+from jaxinterp.rl.evaluate import evaluate, level_config
+from jaxinterp.rl.ppo import PPOConfig
+from jaxinterp.rl.train import load_run_agent
 from jaxinterp.weights.store import save_agent
 
 COLOR_FRAMES = 4096  # frames of the agent's own play used to fit the colour decorrelation

@@ -17,10 +17,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxinterp.agent.ppo import PPOConfig, RewardNormalizer, Trainer, TrainState, Transition, make_train
 from jaxinterp.envs.heist import HeistConfig, HeistEnv, HeistState
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
+from jaxinterp.rl.ppo import PPOConfig, RewardNormalizer, Trainer, TrainState, Transition, make_train
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2

@@ -1,5 +1,7 @@
 """Exact receptive fields of every spatial activation, derived from each architecture's kernel/stride/padding chain.
 
+Feature maps upsampled to the frame put each position on its field's centre (`upsample`).
+
 A field along one axis is ``(jump, start, size)``: output position ``i`` sees input pixels
 ``[start + i * jump, start + i * jump + size)``, which may extend past the 64×64 frame (padding). Height and width
 are alike (every kernel is square and symmetrically padded), so one triple serves both axes. A residual block's
@@ -9,7 +11,7 @@ field is the union of its skip and conv paths, which is the conv path's; a relu 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -24,8 +26,10 @@ __all__ = [
     "Step",
     "boxes",
     "chain_fields",
+    "interpolation_matrix",
     "receptive_field",
     "receptive_fields",
+    "upsample",
 ]
 
 FRAME_SIZE = OBS_SHAPE[0]
@@ -148,7 +152,7 @@ def receptive_fields(agent: Agent) -> dict[str, ReceptiveField]:
     name = agent.arch.name
     if name not in CHAINS:
         raise JaxinterpError(
-            f"no receptive-field chain for architecture {name!r}; add one to jaxinterp.examples.receptive.CHAINS"
+            f"no receptive-field chain for architecture {name!r}; add one to jaxinterp.models.receptive.CHAINS"
         )
     stages = len(getattr(agent.module, "channels", ())) or (
         4 if name == "interpretable-cnn" else _DEFAULT_STAGES
@@ -159,7 +163,7 @@ def receptive_fields(agent: Agent) -> dict[str, ReceptiveField]:
     if missing:
         raise JaxinterpError(
             f"the {name} receptive-field chain lacks layers {missing}; update its builder in "
-            "jaxinterp.examples.receptive to match jaxinterp.models.impala"
+            "jaxinterp.models.receptive to match jaxinterp.models.impala"
         )
     return {n: fields[n] for n in spatial}
 
@@ -177,3 +181,49 @@ def receptive_field(agent: Agent, layer: str) -> ReceptiveField:
 def boxes(rf: ReceptiveField, ys, xs) -> np.ndarray:
     """Input boxes ``(..., 4)`` as ``(y0, y1, x0, x1)`` (half-open) for positions ``ys``, ``xs`` of any shape."""
     return np.stack(rf.box(ys, xs), axis=-1).astype(np.int64)
+
+
+Method = Literal["nearest", "bilinear"]
+
+
+def interpolation_matrix(n: int, rf: ReceptiveField, size: int = FRAME_SIZE, method: Method = "bilinear"):
+    """(size, n) weights taking n positions to ``size`` pixels, position i placed at its field's centre.
+
+    Pixel p (spanning [p, p + 1)) reads position ``u = (p + 0.5 - centre(0)) / jump``, clamped at the borders.
+    """
+    u = (np.arange(size) + 0.5 - rf.center(0)) / rf.jump
+    u = np.clip(u, 0, n - 1)
+    w = np.zeros((size, n), np.float32)
+    rows = np.arange(size)
+    if method == "nearest":
+        w[rows, np.floor(u + 0.5).astype(int).clip(0, n - 1)] = 1
+    elif method == "bilinear":
+        lo = np.floor(u).astype(int).clip(0, n - 1)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = (u - lo).astype(np.float32)
+        np.add.at(w, (rows, lo), 1 - frac)
+        np.add.at(w, (rows, hi), frac)
+    else:
+        raise JaxinterpError(f"upsampling method must be 'nearest' or 'bilinear', got {method!r}")
+    return w
+
+
+def upsample(
+    maps, rf: ReceptiveField | None = None, *, size: int = FRAME_SIZE, method: Method = "bilinear"
+) -> np.ndarray:
+    """Maps (N, H, W) or (N, H, W, F) to (N, size, size[, F]); with ``rf``, each position sits on its field's centre.
+
+    Without ``rf`` the map is stretched over the frame like an image resize (cell centres evenly spaced).
+    """
+    maps = np.asarray(maps, np.float32)
+    squeeze = maps.ndim == 3
+    maps = maps[..., None] if squeeze else maps
+    if maps.ndim != 4 or maps.shape[1] != maps.shape[2]:
+        raise JaxinterpError(f"maps must be (N, H, W) or (N, H, W, F) with H == W, got {maps.shape}")
+    h = maps.shape[1]
+    if rf is None:
+        jump = size / h
+        rf = ReceptiveField(jump=jump, start=0, size=jump)
+    w = interpolation_matrix(h, rf, size, method)
+    out = np.einsum("ph,nhwf,qw->npqf", w, maps, w)
+    return out[..., 0] if squeeze else out

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxinterp import render as ri
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
 from jaxinterp.models.agent import parse_channels
-from jaxinterp.report import featviz as run
-from jaxinterp.report import images as ri
+from jaxinterp.report import visualizations as run
 
 LAYER = "conv_seqs.0.conv"
 # One channel per chunk (max_images = facets), 4 steps, fast compiles: the job's logic, not image quality.

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxinterp.envs.objects import OBJECT_CLASSES
-from jaxinterp.examples.objects import ObjectResponse, save_npz
-from jaxinterp.report import images
+from jaxinterp import render as images
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES
+from jaxinterp.examples.object_response import ObjectResponse, save_npz
 
 __all__ = ["OBJECT_COLOURS", "colorize_objects", "object_maps_sheet", "object_table", "write_object_response"]
 

@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
+from jaxinterp.envs.ground_truth import OBJECT_CLASSES, Entity, HeistLayout, object_map, parse_state
 from jaxinterp.envs.heist import HeistConfig, HeistEnv
-from jaxinterp.envs.objects import OBJECT_CLASSES, Entity, HeistLayout, object_map, parse_state
 from jaxinterp.envs.rollout import collect, random_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import compute_feature_maps
 from jaxinterp.examples.find import find_examples
-from jaxinterp.examples.objects import load_npz, object_response, objects_at, save_npz
+from jaxinterp.examples.object_response import load_npz, object_response, objects_at, save_npz
 from jaxinterp.models.agent import Agent
-from jaxinterp.report.examples import examples_sheet
-from jaxinterp.report.objects import OBJECT_COLOURS, colorize_objects, object_maps_sheet
+from jaxinterp.report.example_sheets import examples_sheet
+from jaxinterp.report.object_tables import OBJECT_COLOURS, colorize_objects, object_maps_sheet
 
 LABEL = {c: i for i, c in enumerate(OBJECT_CLASSES)}
 SPACE, WALL = 100, 51

@@ -1,0 +1,85 @@
+"""The package layout: data flows one way (models ← weights ← envs ← analyses ← report ← cli), every package
+declares its public API, and no function grows past what one screen shows."""
+
+import ast
+import importlib
+import pathlib
+import pkgutil
+
+import pytest
+
+import jaxinterp
+
+ROOT = pathlib.Path(jaxinterp.__file__).parent
+
+TIERS = {
+    "errors": 0,
+    "render": 0,
+    "atomic": 0,
+    "progress": 0,
+    "models": 1,
+    "weights": 2,
+    "envs": 3,
+    "featviz": 4,
+    "examples": 4,
+    "sae": 4,
+    "rl": 4,
+    "interventions": 4,
+    "api": 5,
+    "report": 5,
+    "cli": 6,
+}
+"""A module may import its own package, and packages of a lower tier; the analyses (tier 4) may use each other."""
+
+MAX_FUNCTION_LINES = 80
+
+
+def _modules():
+    return sorted(p for p in ROOT.rglob("*.py"))
+
+
+def _imports(path: pathlib.Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxinterp."):
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("jaxinterp."):
+                    yield node.lineno, alias.name
+
+
+def test_every_top_level_name_has_a_tier():
+    names = {p.relative_to(ROOT).parts[0].removesuffix(".py") for p in _modules()} - {"__init__"}
+    assert names <= set(TIERS), f"give {sorted(names - set(TIERS))} a tier in TIERS"
+
+
+def test_nothing_imports_upward():
+    upward = []
+    for path in _modules():
+        mine = path.relative_to(ROOT).parts[0].removesuffix(".py")
+        if mine == "__init__":
+            continue
+        for line, module in _imports(path):
+            theirs = module.split(".")[1]
+            if theirs != mine and TIERS[theirs] > TIERS[mine] - (TIERS[mine] == 4 and TIERS[theirs] == 4):
+                upward.append(f"{path.relative_to(ROOT.parent)}:{line} imports {module}")
+    assert not upward, "imports against the data flow:\n" + "\n".join(upward)
+
+
+def test_every_package_declares_its_public_api():
+    for info in pkgutil.walk_packages(jaxinterp.__path__, "jaxinterp."):
+        module = importlib.import_module(info.name)
+        assert hasattr(module, "__all__"), f"{info.name} has no __all__"
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"{info.name}.__all__ names {missing}, which it does not define"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_function_is_longer_than_a_screen(path):
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"split {long}"
