@@ -71,8 +71,9 @@ class Agent:
     def forward(self, params: dict, images: jax.Array, perturb: dict | None = None) -> dict[str, jax.Array]:
         """Every named activation for images in [0, 1], shape (N, 64, 64, 3).
 
-        ``perturb`` maps layer names to deltas added to those activations, which the network then carries on
-        from: the gradient with respect to a delta is the gradient with respect to that activation.
+        ``perturb`` maps layer names to deltas added to those activations, or to functions ``acts -> acts`` that
+        replace them (interventions); the network carries on from there, so the gradient with respect to a delta
+        is the gradient with respect to that activation.
         """
         if perturb:
             self.check_layers(perturb)

@@ -1,6 +1,6 @@
 """The three supported agent CNNs as Flax modules that return every named activation.
 
-Each module maps images in [0, 1] (N, 64, 64, 3) (and optional ``perturb``: {name: delta added there}) to a dict ``{layer name: activation}`` in forward order, where the
+Each module maps images in [0, 1] (N, 64, 64, 3) (and optional ``perturb``: {name: delta added there, or a function editing it}) to a dict ``{layer name: activation}`` in forward order, where the
 names are the submodule paths of the torch model that produced the checkpoint (what a torch forward hook on that
 module returns, as NHWC) plus ``<name>.relu`` where the network applies a relu to that activation. Under ``jit``
 unused entries cost nothing (XLA removes dead code), so a forward "truncated at a layer" is simply reading that
@@ -31,19 +31,21 @@ _VALUE = nn.initializers.orthogonal(1.0)
 
 
 class _Recorder:
-    """Collects named activations in forward order, adding ``perturb[name]`` where one is given.
+    """Collects named activations in forward order, changed by ``perturb[name]`` where one is given: an array is
+    added (a delta), a function ``acts -> acts`` replaces the activation (an intervention's edit).
 
     The network goes on from the returned (perturbed) value, so a gradient with respect to a perturbation is the
     gradient with respect to that activation (attribution to intermediate layers).
     """
 
-    def __init__(self, perturb: Mapping[str, jax.Array] | None) -> None:
+    def __init__(self, perturb: Mapping[str, jax.Array | Callable] | None) -> None:
         self.perturb = perturb or {}
         self.acts: dict[str, jax.Array] = {}
 
     def __call__(self, name: str, value: jax.Array) -> jax.Array:
         if name in self.perturb:
-            value = value + self.perturb[name]
+            edit = self.perturb[name]
+            value = edit(value) if callable(edit) else value + edit
         self.acts[name] = value
         return value
 
