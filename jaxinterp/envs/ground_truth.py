@@ -90,9 +90,8 @@ class _Reader:
         return self.take(f"{n}s")[0]
 
 
-def parse_state(data: bytes) -> HeistLayout:
-    """The wall grid, entities and held keys of one serialized Heist game (``ProcgenGym3Env.get_state()[i]``)."""
-    r = _Reader(data)
+def _read_entities(r: _Reader) -> tuple[Entity, ...]:
+    """The header of a serialized Heist game, then its entities (those not erased before the frame is drawn)."""
     if r.int() != _SERIALIZE_VERSION or r.string() != b"heist":
         raise JaxinterpError("not a serialized procgen Heist game (wrong version or game name)")
     # Game::serialize: 12 option ints, grid_step, level seeds low/high, game_type, game_n, two RandGens.
@@ -107,9 +106,22 @@ def parse_state(data: bytes) -> HeistLayout:
     for _ in range(r.int()):
         f = r.take(_ENTITY_FIELDS)
         x, y, _, _, rx, ry, etype, _, theme, render_z, will_erase = f[:11]
-        if not will_erase:  # erased before the frame is drawn
+        if not will_erase:
             turned = bool(abs(np.sin(f[13])) > 0.5)
             entities.append(Entity(etype, theme, x, y, rx, ry, render_z, bool(f[20]), turned))
+    return tuple(entities)
+
+
+def read_entities(data: bytes) -> tuple[Entity, ...]:
+    """Only the entities of one serialized Heist game (the agent, keys, locks, gem): the part of `parse_state`
+    that changes as the agent plays, read without the grid that follows it."""
+    return _read_entities(_Reader(data))
+
+
+def parse_state(data: bytes) -> HeistLayout:
+    """The wall grid, entities and held keys of one serialized Heist game (``ProcgenGym3Env.get_state()[i]``)."""
+    r = _Reader(data)
+    entities = _read_entities(r)
     # background (iiff), char_dim .. max_jump (fiiifff), action_v* (fff), center_x/y, agent start .. step_rand_int
     *_, center_x, center_y, _, _, _ = r.take("iifffiiiffffffffiii")
     r.int()
@@ -125,7 +137,7 @@ def parse_state(data: bytes) -> HeistLayout:
     grid = np.asarray(r.take(f"{n}i"), np.int32).reshape(h, w)
     r.skip("ii")  # num_keys, world_dim
     has_keys = tuple(bool(v) for v in r.take(f"{r.int()}i"))
-    return HeistLayout(grid, tuple(entities), has_keys, visibility, (center_x, center_y))
+    return HeistLayout(grid, entities, has_keys, visibility, (center_x, center_y))
 
 
 def _entity_label(e: Entity, has_keys: tuple[bool, ...]) -> int | None:
@@ -142,15 +154,30 @@ def _entity_label(e: Entity, has_keys: tuple[bool, ...]) -> int | None:
     return None
 
 
+def _view(layout: HeistLayout) -> tuple[float, float, float]:
+    """Pixels per world unit and the view's offsets (procgen's ``get_screen_rect``)."""
+    unit = _RES / layout.visibility
+    return (
+        unit,
+        unit * (layout.center[0] - layout.visibility / 2),
+        unit * (layout.center[1] - layout.visibility / 2),
+    )
+
+
+def to_pixels(layout: HeistLayout, x, y) -> np.ndarray:
+    """(..., 2) observation pixel coordinates (column, row; fractional) of world points ``(x, y)`` in the view of
+    ``layout`` (world y grows upwards, rows downwards)."""
+    unit, x_off, y_off = _view(layout)
+    return np.stack([np.asarray(x) * unit - x_off, y_off + (layout.visibility - np.asarray(y)) * unit], -1)
+
+
 def object_map(layout: HeistLayout) -> np.ndarray:
     """uint8 (64, 64) labels (indices into `OBJECT_CLASSES`) of the observation this layout renders to.
 
     A pixel takes the label of the last thing procgen paints over its centre: floor and walls from the grid, then
     entities in ``render_z`` order (the agent and the held keys on top).
     """
-    unit = _RES / layout.visibility
-    x_off = unit * (layout.center[0] - layout.visibility / 2)
-    y_off = unit * (layout.center[1] - layout.visibility / 2)
+    unit, x_off, y_off = _view(layout)
     centres = np.arange(_RES) + 0.5
     # World coordinates of pixel centres (procgen's get_screen_rect, inverted; world y grows upwards).
     wx = (centres + x_off) / unit

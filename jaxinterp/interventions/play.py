@@ -1,0 +1,210 @@
+"""Playing Heist under many edits at once: environment i plays level ``levels[i]`` under edit ``which[i]``, all in
+one vectorized batch, each level cloned from procgen's serialized state so that every edit sees the same levels.
+
+One jitted step computes the edited policy and the clean one on the same frames (the KL between them, per step),
+samples actions with keys that depend on the level and the step only (an empty edit replays the clean agent exactly),
+and the host reads each game's entities to follow the agent's path and what it reaches first.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp import progress
+from jaxinterp.envs.ground_truth import parse_state, read_entities, to_pixels
+from jaxinterp.envs.heist import HeistConfig, HeistEnv
+from jaxinterp.errors import JaxinterpError
+from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
+from jaxinterp.models.agent import Agent, preprocess
+
+__all__ = ["EVENTS", "MAX_STEPS", "Levels", "Play", "make_levels", "play"]
+
+MAX_STEPS = 1000
+"""Heist ends an episode after 1000 steps (procgen's timeout), so every episode is played to its end."""
+
+EVENTS = ("key_blue", "key_green", "key_red", "lock_blue", "lock_green", "lock_red", "gem")
+"""What the agent can reach, in the order of `Play.reached` (a key picked up, a lock opened, the gem)."""
+
+_PLAYER, _LOCK, _KEY, _GEM = 0, 1, 2, 9
+_COLOURS = ("blue", "green", "red")
+_MIN_BUCKET = 8
+"""Running environments are passed to the network in batches of a power of two (at least this), so a handful of
+programs are compiled while the batch empties (failing episodes run to the timeout long after most have ended)."""
+
+
+class Levels(NamedTuple):
+    """Start states of Heist levels, to clone into any number of environments."""
+
+    seeds: np.ndarray  # (L,) procgen level seeds
+    states: tuple[bytes, ...]  # procgen's serialized game at each level's first step
+    config: HeistConfig  # how they were drawn (distribution mode)
+
+
+def make_levels(config: HeistConfig) -> Levels:
+    """``config.num_envs`` levels as ``config`` draws them (e.g. `jaxinterp.rl.evaluate.level_config`)."""
+    env = HeistEnv(config)
+    state = env.get_state()
+    env.close()
+    return Levels(state.level_seed.copy(), state.procgen, config)
+
+
+class Play(NamedTuple):
+    """Each environment's one episode: its outcome, path and divergence from the clean policy, per environment."""
+
+    success: np.ndarray  # (N,) bool
+    length: np.ndarray  # (N,) steps
+    reached: np.ndarray  # (N, len(EVENTS)) step at which each thing was reached, -1 if never
+    path: (
+        np.ndarray
+    )  # (N, MAX_STEPS + 1, 2) the agent's pixel position (column, row) per step, NaN after the end
+    kl: np.ndarray  # (N, MAX_STEPS) KL(clean || edited) of the policies per step, NaN after the end
+    actions: np.ndarray  # (N, MAX_STEPS) int8, -1 after the end
+    first_frames: np.ndarray  # (N, 64, 64, 3) each environment's first observation
+
+    def first_reached(self) -> np.ndarray:
+        """(N,) index into `EVENTS` of what each episode reached first (-1: nothing)."""
+        steps = np.where(self.reached < 0, np.iinfo(np.int64).max, self.reached)
+        first = steps.argmin(1)
+        return np.where((self.reached >= 0).any(1), first, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("slots", "greedy"))
+def _policy(agent: Agent, obs, arrays, which, level, step, key, *, slots: tuple[Slot, ...], greedy: bool):
+    """Edited actions and KL(clean || edited) for a batch of frames; ``which``/``level`` per row."""
+    images = preprocess(obs)
+    keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
+    edit_key = jax.random.fold_in(key, -1 - step)
+
+    def edit_layer(layer):
+        def edit(acts):
+            for i, (slot, arr) in enumerate(zip(slots, arrays, strict=True)):
+                if slot.layer == layer:
+                    acts = apply_slot(slot, arr, which, acts, jax.random.fold_in(edit_key, i))
+            return acts
+
+        return edit
+
+    perturb = {slot.layer: edit_layer(slot.layer) for slot in slots}
+    logits_name = agent.arch.logits
+    edited = agent.forward(agent.params, images, perturb)[logits_name]
+    clean = agent.forward(agent.params, images)[logits_name] if slots else edited
+    lp, lq = jax.nn.log_softmax(clean), jax.nn.log_softmax(edited)
+    kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
+    actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
+    return actions.astype(jnp.int32), kl
+
+
+def _things(entities) -> tuple[tuple[float, float], np.ndarray]:
+    """The agent's world position, and how many of each of `EVENTS` are on the board (keys and locks by colour;
+    the gem's count stays 0: reaching it ends the episode, which `play` sees from procgen's success flag)."""
+    count = np.zeros(len(EVENTS), np.int64)
+    agent_xy = (np.nan, np.nan)
+    for e in entities:
+        if e.type == _PLAYER:
+            agent_xy = (e.x, e.y)
+        elif e.type in (_KEY, _LOCK) and e.theme < len(_COLOURS):
+            count[(len(_COLOURS) if e.type == _LOCK else 0) + e.theme] += 1
+    return agent_xy, count
+
+
+def play(
+    agent: Agent,
+    levels: Levels,
+    edits: dict[Slot, EditArrays],
+    which: np.ndarray,
+    level_of: np.ndarray,
+    *,
+    seed: int = 0,
+    greedy: bool = False,
+    max_steps: int = MAX_STEPS,
+    progress_bar: bool = True,
+) -> Play:
+    """Play one episode in each of ``len(which)`` environments: env i plays level ``level_of[i]`` (an index into
+    ``levels``) under edit row ``which[i]`` of ``edits`` (from `compile_edits`). ``max_steps`` below Heist's own
+    timeout cuts episodes short (for quick looks and tests): they count as failures of that length."""
+    which, level_of = np.asarray(which, np.int32), np.asarray(level_of, np.int32)
+    if which.shape != level_of.shape or which.ndim != 1:
+        raise JaxinterpError(
+            "`which` and `level_of` must be 1-d and of the same length (one per environment)"
+        )
+    n = len(which)
+    config = HeistConfig(
+        n, levels.config.distribution_mode, levels.config.num_levels, levels.config.start_level
+    )
+    env = HeistEnv(config)
+    start = env.get_state()
+    env.set_state(
+        start._replace(procgen=tuple(levels.states[i] for i in level_of), level_seed=levels.seeds[level_of])
+    )
+    layouts = [parse_state(s) for s in levels.states]
+    start_things = np.stack([_things(layout.entities)[1] for layout in layouts])
+    slots = tuple(edits)
+    arrays = tuple(edits[s] for s in slots)
+    key = jax.random.key(seed)
+    out = _Recorder(n, layouts, level_of, start_things)
+    obs = env.observe()
+    out.first_frames = obs
+    out.look(env, np.arange(n), 0)
+    with progress.bar(n, desc="episodes", unit="episode", enabled=progress_bar) as bar:
+        for t in range(max_steps):
+            running = np.flatnonzero(out.length < 0)
+            if not len(running):
+                break
+            actions = np.zeros(n, np.int32)
+            idx = np.resize(running, max(_MIN_BUCKET, 1 << (len(running) - 1).bit_length()))  # repeats pad it
+            act, kl = _policy(
+                agent, obs[idx], arrays, which[idx], level_of[idx], t, key, slots=slots, greedy=greedy
+            )
+            actions[running] = np.asarray(act)[: len(running)]
+            obs, _, done, info = env.step(actions)
+            out.record(running, t, actions, np.asarray(kl)[: len(running)], done, info["success"])
+            out.look(env, running[~done[running]], t + 1)
+            bar.update(int(done[running].sum()))
+    env.close()
+    return out.result(max_steps)
+
+
+class _Recorder:
+    """Per-environment bookkeeping of `play` (host side)."""
+
+    def __init__(self, n: int, layouts, level_of: np.ndarray, start_things: np.ndarray):
+        self.layouts, self.level_of, self.start_things = layouts, level_of, start_things
+        self.length = np.full(n, -1, np.int64)
+        self.success = np.zeros(n, bool)
+        self.reached = np.full((n, len(EVENTS)), -1, np.int64)
+        self.path = np.full((n, MAX_STEPS + 1, 2), np.nan, np.float32)
+        self.kl = np.full((n, MAX_STEPS), np.nan, np.float32)
+        self.actions = np.full((n, MAX_STEPS), -1, np.int8)
+        self.first_frames = None
+
+    def look(self, env: HeistEnv, envs: np.ndarray, t: int) -> None:
+        """Read the entities of ``envs`` (still in their first episode) at step ``t``."""
+        if not len(envs):
+            return
+        states = env.get_state().procgen
+        for i in envs:
+            level = self.level_of[i]
+            (x, y), count = _things(read_entities(states[i]))
+            self.path[i, t] = to_pixels(self.layouts[level], x, y)
+            new = (count < self.start_things[level]) & (self.reached[i] < 0)
+            self.reached[i, new] = t
+
+    def record(self, running, t, actions, kl, done, success) -> None:
+        self.actions[running, t] = actions[running]
+        self.kl[running, t] = kl
+        ended = running[done[running]]
+        self.length[ended] = t + 1
+        self.success[ended] = success[ended]
+        gem = ended[success[ended]]
+        self.reached[gem, EVENTS.index("gem")] = t + 1
+
+    def result(self, max_steps: int) -> Play:
+        self.length[self.length < 0] = max_steps
+        return Play(
+            self.success, self.length, self.reached, self.path, self.kl, self.actions, self.first_frames
+        )
