@@ -26,6 +26,7 @@ __all__ = [
     "file_stem",
     "overlay",
     "overlay_grid",
+    "save_gif",
     "save_png",
     "side_by_side",
     "stack",
@@ -160,6 +161,16 @@ def contact_sheet(
         if labels is not None:
             draw.text((x, y + h + 1), str(labels[i]), fill=_TEXT, font=font)
     return np.asarray(sheet)
+
+
+def save_gif(path: str | Path, frames, *, ms: int = 100) -> Path:
+    """uint8 frames (T, H, W, 3) as a looping GIF, ``ms`` milliseconds a frame."""
+    frames = to_uint8(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first, *rest = (Image.fromarray(f) for f in frames)
+    first.save(path, save_all=True, append_images=rest, duration=ms, loop=0)
+    return path
 
 
 def write_contact_sheet(path: str | Path, images, labels: Sequence[str] | None = None, **kwargs) -> Path:

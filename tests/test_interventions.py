@@ -106,7 +106,10 @@ def test_each_edit_changes_exactly_what_it_names(agent, heist_frames):
 
 
 def test_a_resample_ablation_draws_from_the_dataset_not_the_current_frame(agent, heist_frames):
-    bank_frames, current = heist_frames[:16], heist_frames[:4, :, ::-1]  # mirrored: frames the bank does not hold
+    bank_frames, current = (
+        heist_frames[:16],
+        heist_frames[:4, :, ::-1],
+    )  # mirrored: frames the bank does not hold
     bank = np.asarray(_acts(agent, bank_frames))[..., 3]
     acts = np.asarray(_acts(agent, current))
     for key in range(3):
@@ -207,7 +210,25 @@ def test_compare_pairs_edits_with_clean_by_level(played):
 
 
 @pytest.mark.slow
-def test_a_sweep_plays_every_edit_on_every_level(agent):
-    sweep = run_sweep(agent, [f"{LAYER}:0=0", f"{LAYER}:1=0"], num_levels=2, max_steps=10, progress=False)
-    assert sweep.names == ["clean", f"{LAYER}:0=0", f"{LAYER}:1=0"]
+def test_a_sweep_plays_every_edit_on_every_level_and_draws_it(agent, tmp_path):
+    from PIL import Image
+
+    from jaxinterp.report.intervention_figures import EDIT_COLOUR, write_sweep
+
+    sweep = run_sweep(
+        agent, [f"{LAYER}:0=0", f"{LAYER}:all=0"], num_levels=2, max_steps=12, keep_frames=1, progress=False
+    )
+    assert sweep.names == ["clean", f"{LAYER}:0=0", f"{LAYER}:all=0"]
     assert len(sweep.which) == 6 and [r["levels"] for r in sweep.rows] == [2, 2, 2]
+    assert sweep.play.frames.shape == (3, 13, 64, 64, 3)
+    write_sweep(tmp_path, sweep)
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "results.json",
+        "table.md",
+        "effects.png",
+        "episode_2.gif",
+    }
+    sheet = np.asarray(Image.open(tmp_path / "trajectories_2.png").convert("RGB"))
+    assert (sheet == EDIT_COLOUR).all(-1).sum() > 20  # the edited path is drawn
+    gif = Image.open(tmp_path / "episode_2.gif")
+    assert 1 < gif.n_frames <= 13 and gif.size == (2 * 64 * 3 + 6, 64 * 3)  # Pillow merges repeated frames

@@ -9,6 +9,7 @@ and the host reads each game's entities to follow the agent's path and what it r
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -65,6 +66,7 @@ class Play(NamedTuple):
     kl: np.ndarray  # (N, MAX_STEPS) KL(clean || edited) of the policies per step, NaN after the end
     actions: np.ndarray  # (N, MAX_STEPS) int8, -1 after the end
     first_frames: np.ndarray  # (N, 64, 64, 3) each environment's first observation
+    frames: np.ndarray  # (len(keep_frames), T + 1, 64, 64, 3) every observation of the environments asked for
 
     def first_reached(self) -> np.ndarray:
         """(N,) index into `EVENTS` of what each episode reached first (-1: nothing)."""
@@ -122,11 +124,13 @@ def play(
     seed: int = 0,
     greedy: bool = False,
     max_steps: int = MAX_STEPS,
+    keep_frames: Sequence[int] = (),
     progress_bar: bool = True,
 ) -> Play:
     """Play one episode in each of ``len(which)`` environments: env i plays level ``level_of[i]`` (an index into
     ``levels``) under edit row ``which[i]`` of ``edits`` (from `compile_edits`). ``max_steps`` below Heist's own
-    timeout cuts episodes short (for quick looks and tests): they count as failures of that length."""
+    timeout cuts episodes short (for quick looks and tests): they count as failures of that length. The
+    observations of the environments ``keep_frames`` are kept (for GIFs; the last one repeats after the end)."""
     which, level_of = np.asarray(which, np.int32), np.asarray(level_of, np.int32)
     if which.shape != level_of.shape or which.ndim != 1:
         raise JaxinterpError(
@@ -149,6 +153,8 @@ def play(
     out = _Recorder(n, layouts, level_of, start_things)
     obs = env.observe()
     out.first_frames = obs
+    keep = np.asarray(keep_frames, np.int64)
+    kept = [obs[keep]]
     out.look(env, np.arange(n), 0)
     with progress.bar(n, desc="episodes", unit="episode", enabled=progress_bar) as bar:
         for t in range(max_steps):
@@ -164,9 +170,10 @@ def play(
             obs, _, done, info = env.step(actions)
             out.record(running, t, actions, np.asarray(kl)[: len(running)], done, info["success"])
             out.look(env, running[~done[running]], t + 1)
+            kept.append(np.where((out.length[keep] < 0)[:, None, None, None], obs[keep], kept[-1]))
             bar.update(int(done[running].sum()))
     env.close()
-    return out.result(max_steps)
+    return out.result(max_steps)._replace(frames=np.stack(kept, 1))
 
 
 class _Recorder:
@@ -206,5 +213,5 @@ class _Recorder:
     def result(self, max_steps: int) -> Play:
         self.length[self.length < 0] = max_steps
         return Play(
-            self.success, self.length, self.reached, self.path, self.kl, self.actions, self.first_frames
+            self.success, self.length, self.reached, self.path, self.kl, self.actions, self.first_frames, None
         )

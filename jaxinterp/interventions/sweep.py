@@ -29,6 +29,7 @@ class Sweep(NamedTuple):
     levels: Levels
     play: Play
     rows: list[dict]
+    kept: np.ndarray  # the environments whose frames `play` kept
 
 
 def run_sweep(
@@ -42,10 +43,12 @@ def run_sweep(
     sae=None,
     greedy: bool = False,
     max_steps: int | None = None,
+    keep_frames: int = 0,
     progress: bool = True,
 ) -> Sweep:
     """Play the clean agent and each of ``edits`` (strings as `parse_edits` reads them, or tuples of `Edit`) on
-    the same ``num_levels`` unseen levels (drawn from ``seed``), all at once; compare each with the clean one."""
+    the same ``num_levels`` unseen levels (drawn from ``seed``), all at once; compare each with the clean one.
+    Every edit's frames on the first ``keep_frames`` levels are kept (`Sweep.kept`; 12 MB per episode)."""
     from jaxinterp.rl.evaluate import level_config
 
     parsed = [
@@ -60,11 +63,22 @@ def run_sweep(
     which = np.repeat(np.arange(len(edit_lists)), n_levels).astype(np.int32)
     level_of = np.tile(np.arange(n_levels), len(edit_lists)).astype(np.int32)
     options = {"max_steps": max_steps} if max_steps else {}
+    kept = np.flatnonzero(level_of < keep_frames)
     result = play(
-        agent, levels, arrays, which, level_of, seed=seed, greedy=greedy, progress_bar=progress, **options
+        agent,
+        levels,
+        arrays,
+        which,
+        level_of,
+        seed=seed,
+        greedy=greedy,
+        keep_frames=kept,
+        progress_bar=progress,
+        **options,
     )
     names = [describe(e) for e in edit_lists]
-    return Sweep(names, which, level_of, levels, result, compare(result, which, level_of, names, seed=seed))
+    rows = compare(result, which, level_of, names, seed=seed)
+    return Sweep(names, which, level_of, levels, result, rows, kept)
 
 
 def ablate_each(agent: Agent, layer: str, channels="all", how: str = "0") -> list[str]:
