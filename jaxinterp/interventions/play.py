@@ -9,7 +9,7 @@ and the host reads each game's entities to follow the agent's path and what it r
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -23,7 +23,17 @@ from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
 from jaxinterp.models.agent import Agent, preprocess
 
-__all__ = ["EVENTS", "MAX_STEPS", "Levels", "Play", "make_levels", "play"]
+__all__ = [
+    "EVENTS",
+    "MAX_STEPS",
+    "EpisodeLog",
+    "Levels",
+    "Play",
+    "Policy",
+    "make_levels",
+    "play",
+    "play_levels",
+]
 
 MAX_STEPS = 1000
 """Heist ends an episode after 1000 steps (procgen's timeout), so every episode is played to its end."""
@@ -114,6 +124,10 @@ def _things(entities) -> tuple[tuple[float, float], np.ndarray]:
     return agent_xy, count
 
 
+Policy = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``policy(obs, envs, t) -> (actions, kl)`` for the frames of the environments ``envs`` at step ``t``."""
+
+
 def play(
     agent: Agent,
     levels: Levels,
@@ -123,71 +137,91 @@ def play(
     *,
     seed: int = 0,
     greedy: bool = False,
+    **options,
+) -> Play:
+    """Play one episode in each of ``len(which)`` environments: env i plays level ``level_of[i]`` (an index into
+    ``levels``) under edit row ``which[i]`` of ``edits`` (from `compile_edits`); ``options`` as `play_levels`."""
+    which = np.asarray(which, np.int32)
+    slots = tuple(edits)
+    arrays = tuple(edits[s] for s in slots)
+    key = jax.random.key(seed)
+    level_of = np.asarray(level_of, np.int32)
+
+    def policy(obs, envs, t):
+        # Padded to a power of two with repeats of itself: a handful of compiled shapes as the batch empties.
+        idx = np.resize(envs, max(_MIN_BUCKET, 1 << (len(envs) - 1).bit_length()))
+        act, kl = _policy(
+            agent, obs[idx], arrays, which[idx], level_of[idx], t, key, slots=slots, greedy=greedy
+        )
+        return np.asarray(act)[: len(envs)], np.asarray(kl)[: len(envs)]
+
+    if which.shape != level_of.shape:
+        raise JaxinterpError("`which` and `level_of` must have the same length (one entry per environment)")
+    return play_levels(policy, levels, level_of, **options)
+
+
+def play_levels(
+    policy: Policy,
+    levels: Levels,
+    level_of: np.ndarray,
+    *,
     max_steps: int = MAX_STEPS,
     keep_frames: Sequence[int] = (),
     progress_bar: bool = True,
 ) -> Play:
-    """Play one episode in each of ``len(which)`` environments: env i plays level ``level_of[i]`` (an index into
-    ``levels``) under edit row ``which[i]`` of ``edits`` (from `compile_edits`). ``max_steps`` below Heist's own
-    timeout cuts episodes short (for quick looks and tests): they count as failures of that length. The
-    observations of the environments ``keep_frames`` are kept (for GIFs; the last one repeats after the end)."""
-    which, level_of = np.asarray(which, np.int32), np.asarray(level_of, np.int32)
-    if which.shape != level_of.shape or which.ndim != 1:
-        raise JaxinterpError(
-            "`which` and `level_of` must be 1-d and of the same length (one per environment)"
-        )
-    n = len(which)
-    config = HeistConfig(
-        n, levels.config.distribution_mode, levels.config.num_levels, levels.config.start_level
-    )
-    env = HeistEnv(config)
+    """Env i plays level ``level_of[i]`` with ``policy`` until every env has ended its first episode.
+
+    Only the environments still playing are passed to ``policy``. ``max_steps`` below Heist's own timeout cuts
+    episodes short (quick looks, tests): they count as failures of that length. The observations of the
+    environments ``keep_frames`` are kept (for GIFs; the last one repeats after the end)."""
+    level_of = np.asarray(level_of, np.int32)
+    if level_of.ndim != 1:
+        raise JaxinterpError("`level_of` must be 1-d: one level index per environment")
+    env, obs = _start(levels, level_of)
+    layouts = [parse_state(s) for s in levels.states]
+    log = EpisodeLog(len(level_of), layouts, level_of, obs)
+    keep = np.asarray(keep_frames, np.int64)
+    kept = [obs[keep]]
+    log.look(env, np.arange(len(level_of)), 0)
+    with progress.bar(len(level_of), desc="episodes", unit="episode", enabled=progress_bar) as bar:
+        for t in range(max_steps):
+            running = np.flatnonzero(log.length < 0)
+            if not len(running):
+                break
+            actions = np.zeros(len(level_of), np.int32)
+            actions[running], kl = policy(obs[running], running, t)
+            obs, _, done, info = env.step(actions)
+            log.record(running, t, actions, kl, done, info["success"])
+            log.look(env, running[~done[running]], t + 1)
+            kept.append(np.where((log.length[keep] < 0)[:, None, None, None], obs[keep], kept[-1]))
+            bar.update(int(done[running].sum()))
+    env.close()
+    return log.result(max_steps)._replace(frames=np.stack(kept, 1))
+
+
+def _start(levels: Levels, level_of: np.ndarray) -> tuple[HeistEnv, np.ndarray]:
+    """A vectorized Heist whose env i starts level ``level_of[i]``, and its first observations."""
+    c = levels.config
+    env = HeistEnv(HeistConfig(len(level_of), c.distribution_mode, c.num_levels, c.start_level))
     start = env.get_state()
     env.set_state(
         start._replace(procgen=tuple(levels.states[i] for i in level_of), level_seed=levels.seeds[level_of])
     )
-    layouts = [parse_state(s) for s in levels.states]
-    start_things = np.stack([_things(layout.entities)[1] for layout in layouts])
-    slots = tuple(edits)
-    arrays = tuple(edits[s] for s in slots)
-    key = jax.random.key(seed)
-    out = _Recorder(n, layouts, level_of, start_things)
-    obs = env.observe()
-    out.first_frames = obs
-    keep = np.asarray(keep_frames, np.int64)
-    kept = [obs[keep]]
-    out.look(env, np.arange(n), 0)
-    with progress.bar(n, desc="episodes", unit="episode", enabled=progress_bar) as bar:
-        for t in range(max_steps):
-            running = np.flatnonzero(out.length < 0)
-            if not len(running):
-                break
-            actions = np.zeros(n, np.int32)
-            idx = np.resize(running, max(_MIN_BUCKET, 1 << (len(running) - 1).bit_length()))  # repeats pad it
-            act, kl = _policy(
-                agent, obs[idx], arrays, which[idx], level_of[idx], t, key, slots=slots, greedy=greedy
-            )
-            actions[running] = np.asarray(act)[: len(running)]
-            obs, _, done, info = env.step(actions)
-            out.record(running, t, actions, np.asarray(kl)[: len(running)], done, info["success"])
-            out.look(env, running[~done[running]], t + 1)
-            kept.append(np.where((out.length[keep] < 0)[:, None, None, None], obs[keep], kept[-1]))
-            bar.update(int(done[running].sum()))
-    env.close()
-    return out.result(max_steps)._replace(frames=np.stack(kept, 1))
+    return env, env.observe()
 
 
-class _Recorder:
-    """Per-environment bookkeeping of `play` (host side)."""
+class EpisodeLog:
+    """Per-environment bookkeeping of one episode each (host side): outcome, path, what was reached, KL, actions."""
 
-    def __init__(self, n: int, layouts, level_of: np.ndarray, start_things: np.ndarray):
-        self.layouts, self.level_of, self.start_things = layouts, level_of, start_things
+    def __init__(self, n: int, layouts, level_of: np.ndarray, first_frames: np.ndarray):
+        self.layouts, self.level_of, self.first_frames = layouts, level_of, first_frames
+        self.start_things = np.stack([_things(layout.entities)[1] for layout in layouts])
         self.length = np.full(n, -1, np.int64)
         self.success = np.zeros(n, bool)
         self.reached = np.full((n, len(EVENTS)), -1, np.int64)
         self.path = np.full((n, MAX_STEPS + 1, 2), np.nan, np.float32)
         self.kl = np.full((n, MAX_STEPS), np.nan, np.float32)
         self.actions = np.full((n, MAX_STEPS), -1, np.int8)
-        self.first_frames = None
 
     def look(self, env: HeistEnv, envs: np.ndarray, t: int) -> None:
         """Read the entities of ``envs`` (still in their first episode) at step ``t``."""
