@@ -105,18 +105,18 @@ def test_mosaic_is_opaque_at_the_strongest_cell_and_checkerboard_where_nothing_r
     values = np.array([[[4.0], [2.0]], [[0.0], [-np.inf]]])  # 2 x 2 positions, one candidate each
     episodes = np.array([[[200], [100]], [[50], [-1]]])
     res = synthetic(values, episodes, jump=32)
-    image, shown = spatial.mosaic(res, 0)
+    image, shown = sheets.mosaic(res, 0)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(shown, [[4.0, 2.0], [0.0, np.nan]])
     assert (image[:32, :32] == 200).all()  # value / max = 1: the frame's pixels exactly
     checker = image[32:, :]
-    assert set(np.unique(checker)) == set(spatial.CHECKER)  # nothing responds: the background shows
+    assert set(np.unique(checker)) == set(sheets.CHECKER)  # nothing responds: the background shows
     half = image[:32, 32:].astype(float)  # half opacity over the checkerboard
-    expected = 0.5 * 100 + 0.5 * np.where(((np.mgrid[:32, 32:64] // 4).sum(0)) % 2, *spatial.CHECKER)
+    expected = 0.5 * 100 + 0.5 * np.where(((np.mgrid[:32, 32:64] // 4).sum(0)) % 2, *sheets.CHECKER)
     np.testing.assert_allclose(half[..., 0], expected, atol=0.51)
     # Signed values read the same: opacity runs from the weakest value shown to the strongest.
     shifted = synthetic(values - 10.0, episodes, jump=32)
-    np.testing.assert_array_equal(spatial.mosaic(shifted, 0)[0], image)
+    np.testing.assert_array_equal(sheets.mosaic(shifted, 0)[0], image)
 
 
 def test_spatial_sheets_and_bad_inputs(tmp_path):

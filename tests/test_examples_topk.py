@@ -9,7 +9,7 @@ from PIL import Image
 from test_examples_support import random_agent
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples import features, find, patches, topk
+from jaxinterp.examples import features, find, patches, source, topk
 from jaxinterp.models import receptive
 from jaxinterp.render import GAP
 from jaxinterp.report import example_sheets as sheets
@@ -243,14 +243,14 @@ def test_examples_are_one_per_episode_and_position(one_per_frame):
     n, h, w, f = maps.shape
     episodes = np.arange(n) // 10  # 4 episodes of 10 frames
     m = 12
-    source = [
+    chunked = [
         {"frames": frames[s : s + 8], "index": np.arange(s, s + 8), "episode_ids": episodes[s : s + 8]}
         for s in range(0, n, 8)
     ]
     result = topk.scan(
         agent,
         features.channels(LAYER),
-        source,
+        chunked,
         k=4,
         num_candidates=m,
         one_per_frame=one_per_frame,
@@ -288,7 +288,7 @@ def test_examples_are_one_per_episode_and_position(one_per_frame):
 
 def test_dataset_source_equals_array_source():
     frames = random_frames(20)
-    a = find.find_examples(random_agent(), LAYER, FakeDataset(frames, 7), k=3, batch_size=4, progress=True)
+    a = find.find_examples(random_agent(), LAYER, FakeDataset(frames, 7), k=3, batch_size=4)
     b = find.find_examples(random_agent(), LAYER, frames, k=3, batch_size=8)
     for x, y in zip((a.top, a.bottom, a.positions), (b.top, b.bottom, b.positions), strict=True):
         np.testing.assert_array_equal(x.frames, y.frames)
@@ -296,14 +296,31 @@ def test_dataset_source_equals_array_source():
     np.testing.assert_array_equal(a.patches, b.patches)
 
 
+class Counter:
+    """What the streaming internals use of a caller's tqdm bar."""
+
+    def __init__(self):
+        self.seen = []
+
+    def update(self, n):
+        self.seen.append(n)
+
+
 def test_progress_and_iterables_of_arrays():
     frames = random_frames(10)
-    seen = []
-    result = find.find_examples(
-        random_agent(), LAYER, iter([frames[:6], frames[6:]]), k=2, progress=seen.append
+    bar = Counter()
+    result = topk.scan(
+        random_agent(),
+        features.channels(LAYER),
+        iter([frames[:6], frames[6:]]),
+        k=2,
+        num_candidates=4,
+        bar=bar,
     )
-    assert sum(seen) == 10 and result.num_frames == 10
+    assert sum(bar.seen) == 10 and result.num_frames == 10
     assert result.top.frames.max() <= 9
+    quiet = find.find_examples(random_agent(), LAYER, iter([frames[:6], frames[6:]]), k=2, progress=False)
+    np.testing.assert_array_equal(quiet.top.frames, result.top.frames[:, :2])
 
 
 def test_bad_inputs_say_what_to_do():
@@ -326,11 +343,9 @@ def test_repeated_frames_are_skipped_before_the_network():
     # Repeats (an agent against a wall): the best frame of channel 0 twice among new frames, then only repeats.
     stream = np.concatenate([frames, frames[[best, best, 11, 0, 5]]])
     sizes, index = [12, 10, 3], np.arange(len(stream))
-    counted = []
-    seen = topk.scan(
-        agent, features.channels(LAYER), chunks(stream, sizes, index), progress=counted.append, **args
-    )
-    assert seen.num_frames == len(stream) and sum(counted) == len(stream)
+    counted = Counter()
+    seen = topk.scan(agent, features.channels(LAYER), chunks(stream, sizes, index), bar=counted, **args)
+    assert seen.num_frames == len(stream) and sum(counted.seen) == len(stream)
     for a, b in zip(seen[:3], unique[:3], strict=True):
         jax.tree.map(np.testing.assert_array_equal, a, b)
     # Without dedupe the copies go through the network and take the next slots.
@@ -341,18 +356,20 @@ def test_repeated_frames_are_skipped_before_the_network():
 def test_chunk_tuples_read_as_frames_index_and_episodes():
     frames = random_frames(6)
     index, episodes = np.arange(10, 16), np.array([0, 0, 0, 1, 1, 1])
-    as_dict = list(topk.iter_batches([{"frames": frames, "index": index, "episode_ids": episodes}], 4))
-    as_tuple = list(topk.iter_batches([(frames, index, episodes)], 4))
+    as_dict = list(source.frame_batches([{"frames": frames, "index": index, "episode_ids": episodes}], 4))
+    as_tuple = list(source.frame_batches([(frames, index, episodes)], 4))
     for a, b in zip(as_dict, as_tuple, strict=True):
-        for x, y in zip(a[:3], b[:3], strict=True):
+        for x, y in zip(a.arrays, b.arrays, strict=True):
             np.testing.assert_array_equal(x, y)
-    ((_, idx, eps, _),) = topk.iter_batches(
-        [(frames,)], 8
-    )  # no index: counts from 0; each frame its own episode
-    np.testing.assert_array_equal(idx, np.arange(6))
+    # Padding rows carry frame and episode EMPTY.
+    np.testing.assert_array_equal(as_dict[1].arrays[1], [14, 15, source.EMPTY, source.EMPTY])
+    # No index: counts from 0; each frame its own episode.
+    ((_, idx, eps), valid, covered) = next(source.frame_batches([(frames,)], 8))
+    np.testing.assert_array_equal(idx[valid], np.arange(6))
     np.testing.assert_array_equal(eps, idx)
+    assert covered == 6
     with pytest.raises(JaxinterpError, match="frames\\[, index\\[, episode_ids\\]\\]"):
-        list(topk.iter_batches([(frames, index, episodes, index)], 4))
+        list(source.frame_batches([(frames, index, episodes, index)], 4))
 
 
 def test_sheets_of_wide_fields_box_the_position_and_frame_wide_ones_show_whole_frames():

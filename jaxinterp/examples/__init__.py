@@ -12,12 +12,14 @@ from jaxinterp.examples.attribution import (
     saliency,
 )
 from jaxinterp.examples.features import Feature, channels, compute_feature_maps, direction, feature_maps
-from jaxinterp.examples.find import ExamplesResult, find_examples, load_npz, save_npz
+from jaxinterp.examples.find import DEFAULT_K, ExamplesResult, find_examples, load_npz, save_npz
 from jaxinterp.examples.object_response import ObjectResponse, object_response
 from jaxinterp.examples.patches import crop_positions, select_diverse, similarity
-from jaxinterp.examples.topk import EMPTY, Ranked, scan
+from jaxinterp.examples.source import EMPTY
+from jaxinterp.examples.topk import Ranked, scan
 
 __all__ = [
+    "DEFAULT_K",
     "EMPTY",
     "INPUT",
     "Attribution",

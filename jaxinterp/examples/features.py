@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.envs.stream import batches, stream_rows
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent, preprocess
 
@@ -29,6 +30,7 @@ __all__ = [
     "feature_maps",
     "feature_size",
     "spatial",
+    "with_params",
 ]
 
 
@@ -122,19 +124,24 @@ def feature_maps(agent: Agent, params, feature: Feature, images: jax.Array) -> t
     return feature.apply(acts).astype(jnp.float32), acts
 
 
+def with_params(agent: Agent, params) -> Agent:
+    """``agent`` with ``params`` in place of its own (None: ``agent`` itself), for the jitted steps that take the
+    agent as their argument."""
+    return agent if params is None else Agent.tree_unflatten(agent.tree_flatten()[1], (params,))
+
+
+@functools.partial(jax.jit, static_argnames="feature")
+def _maps(agent: Agent, obs: jax.Array, feature: Feature) -> jax.Array:
+    return feature_maps(agent, agent.params, feature, preprocess(obs))[0]
+
+
 def compute_feature_maps(agent: Agent, feature: Feature | str, frames, *, params=None, batch_size: int = 256):
-    """Feature maps (N, H, W, F) as numpy for uint8 frames, in batches of ``batch_size`` (one compile)."""
+    """Feature maps (N, H, W, F) as numpy for uint8 frames, in batches of ``batch_size``."""
     feature = as_feature(agent, feature)
-    params = agent.params if params is None else params
-    fn = _jit_maps(agent, feature)
+    agent = with_params(agent, params)
     frames = np.asarray(frames)
-    out = []
-    for s in range(0, len(frames), batch_size):
-        out.append(np.asarray(fn(params, frames[s : s + batch_size])))
-    h, w, f = feature_size(agent, feature)
-    return np.concatenate(out) if out else np.zeros((0, h, w, f), np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def _jit_maps(agent: Agent, feature: Feature):
-    return jax.jit(lambda params, obs: feature_maps(agent, params, feature, preprocess(obs))[0])
+    if not len(frames):
+        return np.zeros((0, *feature_size(agent, feature)), np.float32)
+    # Unpadded: the values stay exactly those of one call per batch of frames (see `batches`).
+    pieces = batches([(frames,)], batch_size, pad=False)
+    return stream_rows(pieces, lambda obs: _maps(agent, obs, feature=feature))

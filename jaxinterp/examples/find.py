@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,9 +17,11 @@ from jaxinterp.examples.patches import (
     select_diverse,
     similarity,
 )
-from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, FrameScore, Ranked, Source, scan
+from jaxinterp.examples.source import Source, source_size
+from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, FrameScore, Ranked, ScanResult, scan
 from jaxinterp.models.agent import Agent
 from jaxinterp.models.receptive import ReceptiveField, receptive_field
+from jaxinterp.progress import bar as progress_bar
 
 __all__ = ["CANDIDATES_PER_EXAMPLE", "DEFAULT_K", "ExamplesResult", "find_examples", "load_npz", "save_npz"]
 
@@ -59,18 +61,18 @@ class ExamplesResult(NamedTuple):
     diversity_on: str
 
 
-def _progress_callback(progress, source) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
-    """(per-batch callback, closer) for ``progress``: False/None, True (a tqdm bar) or a callable."""
-    if not progress:
-        return None, lambda: None
-    if callable(progress):
-        return progress, lambda: None
-    from tqdm.auto import tqdm
-
-    # Frames in all: known for an array or a Dataset, not for an iterable of chunks.
-    total = len(source) if hasattr(source, "iter_chunks") or isinstance(source, np.ndarray) else None
-    bar = tqdm(total=total, unit="frame", desc="examples")
-    return bar.update, bar.close
+def _choose(scanned: ScanResult, k: int, diversity: float, diversity_on: DiversityOn, crops: dict) -> Ranked:
+    """The top positions shown per feature: the best ``k`` candidates, chosen diverse when ``diversity`` > 0."""
+    cand = scanned.candidates
+    kk = min(k, cand.values.shape[1])
+    if diversity == 0:  # candidates are sorted: plain top-k is their head
+        return cand.take(np.broadcast_to(np.arange(kk), (cand.values.shape[0], kk)))
+    if diversity_on == "pixels":  # all candidates' patches at once: F·M·P²·3 bytes (120 MB at P = 141)
+        pool = crop_positions(scanned.frames, cand.frames, cand.ys, cand.xs, crops["rf"], size=crops["size"])
+        sim = similarity(pool, "pixels")
+    else:
+        sim = similarity(scanned.vectors, "activations")
+    return cand.take(select_diverse(cand.values, sim, kk, diversity))
 
 
 def find_examples(
@@ -90,7 +92,7 @@ def find_examples(
     pad_value: int = DEFAULT_PAD_VALUE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     params=None,
-    progress: bool | Callable[[int], None] = False,
+    progress: bool = True,
 ) -> ExamplesResult:
     """Top-k and bottom-k frames, and top-k (diverse) receptive-field patches, of every feature, in one pass.
 
@@ -99,7 +101,7 @@ def find_examples(
     ``num_candidates`` defaults to ``4 k``; ``patch_size`` None crops the exact receptive field, an int a window
     of that size centred on it. ``diversity`` is the weight w in ``score - w * max cos`` (score units).
     ``dedupe`` counts exactly equal values as one example (see ``topk``); a feature with fewer distinct examples
-    than k has slots with frame index ``EMPTY`` (-1), value -inf and a blank patch.
+    than k has slots with frame index ``EMPTY`` (-1), value -inf and a blank patch. ``progress`` shows a bar.
     """
     feature = as_feature(agent, layer, channels)
     if diversity_on not in ("activations", "pixels"):
@@ -107,50 +109,23 @@ def find_examples(
     if diversity < 0:
         raise JaxinterpError(f"diversity must be >= 0 (0 = plain top-k), got {diversity}")
     m = CANDIDATES_PER_EXAMPLE * k if num_candidates is None else num_candidates
-    rf = receptive_field(agent, feature.layer)
-    on_progress, close = _progress_callback(progress, source)
-    try:
-        scanned = scan(
-            agent,
-            feature,
-            source,
-            k=k,
-            num_candidates=m,
-            frame_score=frame_score,
-            one_per_frame=one_per_frame,
-            dedupe=dedupe,
-            keep_vectors=diversity_on == "activations",
-            batch_size=batch_size,
-            params=params,
-            progress=on_progress,
-        )
-    finally:
-        close()
-    cand = scanned.candidates
-    kk = min(k, cand.values.shape[1])
-    if diversity > 0:
-        if diversity_on == "pixels":  # all candidates' patches at once: F·M·P²·3 bytes (120 MB at P = 141)
-            pool = crop_positions(scanned.frames, cand.frames, cand.ys, cand.xs, rf, size=patch_size)
-            sim = similarity(pool, "pixels")
-        else:
-            sim = similarity(scanned.vectors, "activations")
-        chosen = select_diverse(cand.values, sim, kk, diversity)
-    else:  # candidates are sorted: plain top-k is their head
-        chosen = np.broadcast_to(np.arange(kk), (cand.values.shape[0], kk))
-    positions = cand.take(chosen)
-    crops = {"rf": rf, "size": patch_size, "pad_value": pad_value}
-    bottom = scanned.bottom
+    options = {"frame_score": frame_score, "one_per_frame": one_per_frame, "dedupe": dedupe}
+    options |= {"keep_vectors": diversity_on == "activations", "batch_size": batch_size, "params": params}
+    with progress_bar(source_size(source), desc="examples", unit="frame", enabled=progress) as bar:
+        scanned = scan(agent, feature, source, k=k, num_candidates=m, bar=bar, **options)
+    crops = {"rf": receptive_field(agent, feature.layer), "size": patch_size, "pad_value": pad_value}
+    positions, bottom = _choose(scanned, k, diversity, diversity_on, crops), scanned.bottom
     return ExamplesResult(
         layer=feature.layer,
         description=feature.description,
         ids=feature_ids(agent, feature),
-        receptive_field=rf,
+        receptive_field=crops["rf"],
         top=scanned.top,
         bottom=bottom,
         positions=positions,
         patches=crop_positions(scanned.frames, positions.frames, positions.ys, positions.xs, **crops),
         bottom_patches=crop_positions(scanned.frames, bottom.frames, bottom.ys, bottom.xs, **crops),
-        candidates=cand,
+        candidates=scanned.candidates,
         vectors=scanned.vectors,
         frames=scanned.frames,
         num_frames=scanned.num_frames,

@@ -13,7 +13,7 @@ jitted pass per batch, streaming over the dataset.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,9 +22,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
+from jaxinterp.envs.stream import batches, stream
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
-from jaxinterp.models.agent import OBS_SHAPE, Agent, pad_rows, preprocess
+from jaxinterp.examples.features import (
+    Feature,
+    as_feature,
+    feature_ids,
+    feature_maps,
+    feature_size,
+    with_params,
+)
+from jaxinterp.models.agent import OBS_SHAPE, Agent, preprocess
+from jaxinterp.progress import bar as progress_bar
 
 __all__ = ["ObjectResponse", "load_npz", "object_response", "objects_at", "save_npz"]
 
@@ -99,14 +108,11 @@ class _Sums(NamedTuple):
     squares: np.ndarray  # (h, w, F)
 
 
-@functools.lru_cache(maxsize=16)
-def _jit_batch_sums(agent: Agent, feature: Feature, h: int, w: int) -> Callable:
-    def batch_sums(params, frames, objects, valid) -> _Sums:
-        maps = feature_maps(agent, params, feature, preprocess(frames))[0] * valid[:, None, None, None]
-        cov = _block_coverage(objects, h, w) * valid[:, None, None, None]
-        return _Sums(jnp.einsum("nhwf,nhwk->hwfk", maps, cov), cov.sum(0), maps.sum(0), (maps * maps).sum(0))
-
-    return jax.jit(batch_sums)
+@functools.partial(jax.jit, static_argnames=("feature", "h", "w"))
+def _batch_sums(agent: Agent, frames, objects, valid, *, feature: Feature, h: int, w: int) -> _Sums:
+    maps = feature_maps(agent, agent.params, feature, preprocess(frames))[0] * valid[:, None, None, None]
+    cov = _block_coverage(objects, h, w) * valid[:, None, None, None]
+    return _Sums(jnp.einsum("nhwf,nhwk->hwfk", maps, cov), cov.sum(0), maps.sum(0), (maps * maps).sum(0))
 
 
 def _scores(sums: _Sums, frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,27 +129,27 @@ def _scores(sums: _Sums, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return deviation / seen, by_class.sum((0, 1)) / seen
 
 
-def _pieces(source) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(frames, objects) pieces of a Dataset or of a (frames, objects) pair of arrays."""
+def _pieces(source) -> tuple[Iterable[tuple[np.ndarray, np.ndarray]], int]:
+    """(frames, objects) chunks of a Dataset or of a (frames, objects) pair of arrays, and how many frames."""
     if hasattr(source, "iter_chunks"):
         if "objects" not in source.fields:
             raise JaxinterpError(
                 f"{source.path} has no object maps; record it again with `jaxinterp rollout`"
             )
-        return ((c["frames"], c["objects"]) for c in source.iter_chunks(None, fields=["frames", "objects"]))
+        chunks = source.iter_chunks(None, fields=["frames", "objects"])
+        return ((c["frames"], c["objects"]) for c in chunks), len(source)
     if isinstance(source, tuple) and len(source) == 2:
         frames, objects = (np.asarray(a) for a in source)
         if frames.shape[:1] != objects.shape[:1] or objects.shape[1:] != OBS_SHAPE[:2]:
             raise JaxinterpError(
                 f"frames {frames.shape} and object maps {objects.shape} must be (N, 64, 64, 3) and (N, 64, 64)"
             )
-        return iter([(frames, objects)])
+        return [(frames, objects)], len(frames)
     raise JaxinterpError("source must be a rollout Dataset or a (frames, objects) pair of arrays")
 
 
-def _add(sums: _Sums | None, batch: _Sums | None) -> _Sums | None:
-    if batch is None:
-        return sums
+def _add(sums: _Sums | None, batch: _Sums) -> _Sums:
+    """``sums`` plus a batch's, in float64: a variance from float32 sums over a million frames would lose digits."""
     batch = _Sums(*(np.asarray(x, np.float64) for x in batch))
     return batch if sums is None else _Sums(*(a + b for a, b in zip(sums, batch, strict=True)))
 
@@ -156,33 +162,23 @@ def object_response(
     channels: Sequence[int] | int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     params=None,
-    progress: Callable[[int], None] | None = None,
+    progress: bool = True,
 ) -> ObjectResponse:
     """Measure how every feature of ``feature`` (a layer name: its channels) responds to each Heist object class
-    over ``source`` (a dataset with object maps, or a ``(frames, objects)`` pair); ``progress(n)`` after each
-    batch of n frames. The whole pass is one compiled step per batch, for all features at once."""
-    if batch_size < 1:
-        raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
+    over ``source`` (a dataset with object maps, or a ``(frames, objects)`` pair); ``progress`` shows a bar of the
+    frames. The whole pass is one compiled step per batch, for all features at once."""
     feature = as_feature(agent, feature, channels)
-    params = agent.params if params is None else params
     h, w, _ = feature_size(agent, feature)
-    batch_sums = _jit_batch_sums(agent, feature, h, w)
-    # Sums accumulate on the host in float64: a variance from float32 sums over a million frames would lose digits.
-    sums, pending, seen = None, None, 0
-    for frames, objects in _pieces(source):
-        for s in range(0, len(frames), batch_size):
-            (fr, ob), valid = pad_rows(batch_size, (frames[s : s + batch_size], objects[s : s + batch_size]))
-            n = int(valid.sum())
-            # Dispatch this batch before adding the previous one, so the host adds while the device computes.
-            pending, done = batch_sums(params, fr, ob, valid), pending
-            sums = _add(sums, done)
-            seen += n
-            if progress is not None:
-                progress(n)
-    sums = _add(sums, pending)
-    if seen == 0:
+    chunks, total = _pieces(source)
+    step = functools.partial(_batch_sums, with_params(agent, params), feature=feature, h=h, w=w)
+    with progress_bar(total, desc=f"objects {feature.layer}", unit="frame", enabled=progress) as bar:
+        # The host adds a batch's sums while the device computes the next batch's.
+        pieces = batches(chunks, batch_size)
+        done = stream(pieces, lambda _, *batch: step(*batch), fold=lambda s, out, _: _add(s, out), bar=bar)
+    if done.rows == 0:
         raise JaxinterpError("no frames to measure object responses on")
-    z, mean = _scores(sums, seen)
+    sums = done.acc
+    z, mean = _scores(sums, done.rows)
     block = (OBS_SHAPE[0] // h) * (OBS_SHAPE[1] // w)  # frame pixels per feature-map position
     return ObjectResponse(
         layer=feature.layer,
@@ -192,7 +188,7 @@ def object_response(
         z=z,
         mean=mean,
         pixels=(sums.coverage.sum((0, 1)) * block).round().astype(np.int64),
-        num_frames=seen,
+        num_frames=done.rows,
     )
 
 

@@ -1,8 +1,9 @@
 """Spatially-aware dataset examples: one picture per feature, made of the real frames that excite it most, place by place.
 
 For every position of the layer, the frames whose activation is highest *at that position* are kept (one per
-episode) with the frame's pixels in the position's cell; ``mosaic`` then paints each cell from its best frame,
-opaque where the feature responds most and transparent where it hardly responds. This is the "spatially-aware
+episode) with the frame's pixels in the position's cell; the report's ``mosaic``
+(`jaxinterp.report.example_sheets`) then paints each cell from its best frame, opaque where the feature responds
+most and transparent where it hardly responds. This is the "spatially-aware
 dataset example-based feature visualization" of Hilton et al., *Understanding RL Vision* (Distill, 2020), made for
 CoinRun agents, where gradient feature visualization gave "featureless clouds of color". Heist's view does not move,
 so a channel can detect different things at different places (the key ring at the top right, locks in the maze):
@@ -17,18 +18,28 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.envs.stream import stream
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.features import Feature, as_feature, feature_ids, feature_maps, feature_size
-from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, EMPTY, Ranked, Source, iter_batches, merge
-from jaxinterp.models.agent import Agent, pad_rows, preprocess
+from jaxinterp.examples.features import (
+    Feature,
+    as_feature,
+    feature_ids,
+    feature_maps,
+    feature_size,
+    with_params,
+)
+from jaxinterp.examples.source import EMPTY, Source, frame_batches, source_size
+from jaxinterp.examples.topk import DEFAULT_BATCH_SIZE, Ranked, merge
+from jaxinterp.models.agent import Agent, preprocess
 from jaxinterp.models.receptive import FRAME_SIZE, ReceptiveField, receptive_field
+from jaxinterp.progress import bar as progress_bar
 
 __all__ = [
     "DEFAULT_PER_POSITION",
@@ -37,7 +48,6 @@ __all__ = [
     "cell_boxes",
     "choose",
     "default_reuse",
-    "mosaic",
     "spatial_examples",
 ]
 
@@ -48,11 +58,6 @@ REUSE_SHARE = 16
 """By default one episode may fill a sixteenth of the mosaic's cells (4 of IMPALA's 8 x 8 last-stage positions, 16
 of the second stage's 16 x 16): the same share of the screen at every layer, room for an object a few cells wide,
 and still 16 levels or more in a picture."""
-
-CHECKER = (204, 255)
-"""Grey and white of the checkerboard that shows through where a feature hardly responds: the usual sign of
-transparency."""
-CHECKER_SIZE = 4
 
 
 class SpatialExamples(NamedTuple):
@@ -112,15 +117,32 @@ def _update(state: _State, feats, cells, index, episodes, valid) -> _State:
     return _State(ranked, jnp.where((idx >= r)[..., None, None, None], fresh, kept))
 
 
-@functools.lru_cache(maxsize=16)
-def _make_step(agent: Agent, feature: Feature, rows: tuple[int, ...], cols: tuple[int, ...], size: int):
-    rows, cols = np.asarray(rows), np.asarray(cols)
+@functools.partial(jax.jit, static_argnames=("feature", "rows", "cols", "size"))
+def _step(
+    agent: Agent,
+    state: _State,
+    obs: jax.Array,
+    index: jax.Array,
+    episodes: jax.Array,
+    valid: jax.Array,
+    *,
+    feature: Feature,
+    rows: tuple[int, ...],
+    cols: tuple[int, ...],
+    size: int,
+) -> _State:
+    feats, _ = feature_maps(agent, agent.params, feature, preprocess(obs))
+    cells = _cells(obs, np.asarray(rows), np.asarray(cols), size)
+    return _update(state, feats, cells, index, episodes, valid)
 
-    def step(params, state, obs, index, episodes, valid):
-        feats, _ = feature_maps(agent, params, feature, preprocess(obs))
-        return _update(state, feats, _cells(obs, rows, cols, size), index, episodes, valid)
 
-    return jax.jit(step)
+def _init(n: int, r: int, jump: int) -> _State:
+    """A state for ``n`` (feature, position) rows of ``r`` slots that has seen no frame."""
+    empty = jnp.full((n, r), EMPTY, jnp.int32)
+    return _State(
+        Ranked(jnp.full((n, r), -jnp.inf, jnp.float32), empty, empty, jnp.zeros((n, r), jnp.int32)),
+        jnp.zeros((n, r, jump, jump, 3), jnp.uint8),
+    )
 
 
 def spatial_examples(
@@ -132,12 +154,12 @@ def spatial_examples(
     per_position: int = DEFAULT_PER_POSITION,
     batch_size: int = DEFAULT_BATCH_SIZE,
     params=None,
-    progress: Callable[[int], None] | None = None,
+    progress: bool = True,
 ) -> SpatialExamples:
     """Stream ``source`` (as for ``find_examples``) keeping, for every feature and position, the ``per_position``
     highest-activating frames there (one per episode) and their pixels in the position's cell.
 
-    Frames identical to an earlier one are skipped. ``progress(n)`` gets the source frames each batch covered.
+    Frames identical to an earlier one are skipped. ``progress`` shows a bar of the source frames streamed.
     """
     feature = as_feature(agent, layer, channels)
     if per_position < 1:
@@ -149,26 +171,20 @@ def spatial_examples(
             f"{feature.layer!r} has one position (a dense layer): spatial examples need a convolutional layer"
         )
     rows, cols = cell_boxes(rf, h), cell_boxes(rf, w)
-    params = agent.params if params is None else params
-    step = _make_step(agent, feature, tuple(rows.tolist()), tuple(cols.tolist()), rf.jump)
-    n, r = f * h * w, per_position
-    empty = jnp.full((n, r), EMPTY, jnp.int32)
-    state = _State(
-        Ranked(jnp.full((n, r), -jnp.inf, jnp.float32), empty, empty, jnp.zeros((n, r), jnp.int32)),
-        jnp.zeros((n, r, rf.jump, rf.jump, 3), jnp.uint8),
+    step = functools.partial(
+        _step,
+        with_params(agent, params),
+        feature=feature,
+        rows=tuple(rows.tolist()),
+        cols=tuple(cols.tolist()),
+        size=rf.jump,
     )
-    seen = 0
-    for frames, index, episodes, covered in iter_batches(source, batch_size, skip_repeats=True):
-        seen += covered
-        if progress is not None:
-            progress(covered)
-        if len(frames) == 0:
-            continue
-        (frames_in,), valid = pad_rows(batch_size, (frames,))
-        (index_in, episodes_in), _ = pad_rows(batch_size, (index, episodes), EMPTY)
-        state = step(params, state, frames_in, index_in.astype(np.int32), episodes_in.astype(np.int32), valid)
-    host = jax.device_get(state)
-    shape = (f, h, w, r)
+    pieces = frame_batches(source, batch_size, skip_repeats=True)
+    desc = f"spatial {feature.layer}"
+    with progress_bar(source_size(source), desc=desc, unit="frame", enabled=progress) as bar:
+        done = stream(pieces, step, _init(f * h * w, per_position, rf.jump), bar=bar)
+    host = jax.device_get(done.state)
+    shape = (f, h, w, per_position)
     return SpatialExamples(
         layer=feature.layer,
         description=feature.description,
@@ -178,7 +194,7 @@ def spatial_examples(
         frames=np.asarray(host.ranked.frames).reshape(shape),
         episodes=np.asarray(host.ranked.ys).reshape(shape),
         cells=np.asarray(host.cells).reshape(*shape, rf.jump, rf.jump, 3),
-        num_frames=seen,
+        num_frames=done.rows,
     )
 
 
@@ -208,35 +224,3 @@ def choose(result: SpatialExamples, j: int, reuse: int | None = None) -> np.ndar
         pick[y, x] = c = free[0] if free else filled[0]
         used[int(episodes[y, x, c])] += 1
     return pick
-
-
-def mosaic(result: SpatialExamples, j: int, reuse: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Feature ``j``'s picture (64, 64, 3) uint8 and the value shown at each position (H, W; NaN: no frame).
-
-    Each cell shows its chosen frame's pixels over a grey-and-white checkerboard with opacity ``(value - lo) / (hi - lo)``,
-    lo and hi the weakest and strongest value shown: the feature's best response at every place of the screen,
-    in the game's own pixels. Relative, so signed features (a residual sum) read like relus; the values say how
-    strong.
-    """
-    pick = choose(result, j, reuse)
-    h, w = pick.shape
-    filled = pick >= 0
-    shown = np.where(filled, np.take_along_axis(result.values[j], pick.clip(0)[..., None], 2)[..., 0], np.nan)
-    lo, hi = (shown[filled].min(), shown[filled].max()) if filled.any() else (0.0, 0.0)
-    alpha = np.where(filled, (shown - lo) / (hi - lo), 0.0) if hi > lo else filled.astype(np.float64)
-    yy, xx = np.mgrid[:FRAME_SIZE, :FRAME_SIZE]
-    checker = np.where((yy // CHECKER_SIZE + xx // CHECKER_SIZE) % 2, *CHECKER).astype(np.float32)
-    canvas = np.repeat(checker[..., None], 3, -1)
-    rf = result.receptive_field
-    rows, cols = cell_boxes(rf, h), cell_boxes(rf, w)
-    for y in range(h):
-        for x in range(w):
-            if pick[y, x] < 0:
-                continue
-            cell = result.cells[j, y, x, pick[y, x]].astype(np.float32)
-            y0, x0 = rows[y], cols[x]
-            ys = slice(max(y0, 0), min(y0 + rf.jump, FRAME_SIZE))
-            xs = slice(max(x0, 0), min(x0 + rf.jump, FRAME_SIZE))
-            piece = cell[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-            canvas[ys, xs] = alpha[y, x] * piece + (1 - alpha[y, x]) * canvas[ys, xs]
-    return np.round(canvas).astype(np.uint8), shown

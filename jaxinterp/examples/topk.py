@@ -24,28 +24,27 @@ earlier one (an agent walking into a wall) is not run through the network at all
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.envs.stream import Batch, stream
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.features import Feature, feature_maps, feature_size
-from jaxinterp.models.agent import OBS_SHAPE, Agent, pad_rows, preprocess
+from jaxinterp.examples.features import Feature, feature_maps, feature_size, with_params
+from jaxinterp.examples.source import EMPTY, Source, frame_batches
+from jaxinterp.models.agent import Agent, preprocess
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "EMPTY",
     "Ranked",
     "ScanResult",
     "TopKState",
     "init_state",
-    "iter_batches",
     "merge",
     "scan",
+    "scan_step",
     "update",
 ]
 
@@ -55,11 +54,6 @@ DEFAULT_BATCH_SIZE = 32
 """Frames per jitted step. Measured on CPU (benchmarks/HISTORY.md): at 64 frames and more XLA's temporary buffer
 passes glibc's mmap threshold and is mapped and unmapped on every call (~20% of the CPU in page faults); 32 was
 13-34% faster than 256 and still amortizes dispatch."""
-
-EMPTY = -1
-"""Frame index of a slot no frame has filled yet (fewer frames seen than slots)."""
-
-_MAX_INDEX = np.iinfo(np.int32).max  # frame indices travel as int32 on the device
 
 
 class Ranked(NamedTuple):
@@ -237,96 +231,20 @@ class ScanResult(NamedTuple):
     num_frames: int
 
 
-Source = Any  # uint8 array (N, 64, 64, 3) | object with iter_chunks | iterable of chunks (see iter_batches)
-
-
-def _check_frames(frames) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != OBS_SHAPE:
-        raise JaxinterpError(
-            f"frame chunks must be uint8 (N, 64, 64, 3) as procgen returns them, got {frames.dtype} {frames.shape}"
-        )
-    return frames
-
-
-def _chunks(source: Source) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
-    """(frames, global indices or None, episode ids or None) per chunk, whatever form the source takes."""
-    if hasattr(source, "iter_chunks"):  # a jaxinterp Dataset: stored chunks, frames and their episodes
-        for chunk in source.iter_chunks(None, fields=["frames", "episode_ids"]):
-            yield chunk["frames"], chunk["index"], chunk["episode_ids"]
-    elif isinstance(source, np.ndarray | jax.Array):
-        yield np.asarray(source), None, None
-    else:
-        for chunk in source:
-            if isinstance(chunk, dict):
-                if "frames" not in chunk:
-                    raise JaxinterpError(
-                        f"a chunk dict needs a 'frames' entry (and 'index', 'episode_ids'), got {sorted(chunk)}"
-                    )
-                yield chunk["frames"], chunk.get("index"), chunk.get("episode_ids")
-            elif isinstance(chunk, tuple):
-                if not 1 <= len(chunk) <= 3:
-                    raise JaxinterpError(
-                        f"a chunk tuple is (frames[, index[, episode_ids]]), got {len(chunk)} entries"
-                    )
-                yield (*chunk, None, None)[:3]
-            else:
-                yield chunk, None, None
-
-
-def _first_copies(frames: np.ndarray, seen: set[bytes]) -> np.ndarray:
-    """Mask of the frames whose exact bytes have not been seen before (``seen`` is updated)."""
-    keep = np.zeros(len(frames), bool)
-    for i, frame in enumerate(frames):
-        digest = hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
-        if digest not in seen:
-            seen.add(digest)
-            keep[i] = True
-    return keep
-
-
-def iter_batches(
-    source: Source, batch_size: int, *, skip_repeats: bool = False
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """(uint8 frames, int64 global indices, int64 episode ids, source frames covered) in pieces of at most
-    ``batch_size``; chunks without indices count on, and a frame without an episode id is its own episode (its
-    index).
-
-    With ``skip_repeats`` a frame identical to an earlier one is left out (its activations would be identical too);
-    the last piece of each chunk counts the frames skipped in it, and a chunk of repeats only gives an empty piece.
-    """
-    if batch_size < 1:
-        raise JaxinterpError(f"batch_size (={batch_size}) must be >= 1")
-    next_index, seen = 0, set()
-    for frames, index, episodes in _chunks(source):
-        frames = _check_frames(frames)
-        n = len(frames)
-        index = np.arange(next_index, next_index + n) if index is None else np.asarray(index, np.int64)
-        episodes = index if episodes is None else np.asarray(episodes, np.int64)
-        if index.shape != (n,) or episodes.shape != (n,):
-            raise JaxinterpError(
-                f"a chunk of {n} frames came with {index.shape} indices and {episodes.shape} episode ids; "
-                "give one of each per frame"
-            )
-        for name, values in (("frame indices", index), ("episode ids", episodes)):
-            if n and (values.min() < 0 or values.max() > _MAX_INDEX):
-                raise JaxinterpError(
-                    f"{name} must lie in [0, {_MAX_INDEX}], got {values.min()}..{values.max()}"
-                )
-        next_index = int(index.max()) + 1 if n else next_index
-        if skip_repeats:
-            keep = _first_copies(frames, seen)
-            frames, index, episodes = frames[keep], index[keep], episodes[keep]
-        starts = range(0, len(frames), batch_size) or [0]
-        for s in starts:
-            piece = slice(s, s + batch_size)
-            covered = len(frames[piece]) + (n - len(frames) if s == starts[-1] else 0)
-            yield frames[piece], index[piece], episodes[piece], covered
-
-
 def _referenced(state) -> np.ndarray:
     refs = np.concatenate([np.asarray(r.frames).ravel() for r in (state.top, state.bottom, state.candidates)])
     return np.unique(refs[refs != EMPTY])
+
+
+def _keep_referenced(cache: dict[int, np.ndarray], state: TopKState, batch: Batch) -> dict[int, np.ndarray]:
+    """The frames ``state`` refers to, from ``cache`` (those the state before ``batch`` referred to) and ``batch``."""
+    frames, index, _ = batch.arrays
+    refs = _referenced(state)
+    kept = set(refs.tolist())
+    cache = {i: frame for i, frame in cache.items() if i in kept}
+    for i in np.flatnonzero(batch.valid & np.isin(index, refs)):
+        cache[int(index[i])] = np.array(frames[i])
+    return cache
 
 
 def _trim(r: Ranked) -> Ranked:
@@ -335,16 +253,25 @@ def _trim(r: Ranked) -> Ranked:
     return r.head(filled)
 
 
-@functools.lru_cache(maxsize=16)
-def make_step(agent: Agent, feature: Feature, *, frame_score: FrameScore, one_per_frame: bool, dedupe: bool):
-    """The jitted per-batch step ``(params, state, obs uint8, index, valid, episodes) -> state``."""
+@functools.partial(jax.jit, static_argnames=("feature", "frame_score", "one_per_frame", "dedupe"))
+def scan_step(
+    agent: Agent,
+    state: TopKState,
+    obs: jax.Array,
+    index: jax.Array,
+    episodes: jax.Array,
+    valid: jax.Array,
+    *,
+    feature: Feature,
+    frame_score: FrameScore,
+    one_per_frame: bool,
+    dedupe: bool,
+) -> TopKState:
+    """``state`` after a batch of uint8 frames, their global indices, episodes and real-row mask (one compile per
+    architecture and options)."""
+    feats, acts = feature_maps(agent, agent.params, feature, preprocess(obs))
     options = {"frame_score": frame_score, "one_per_frame": one_per_frame, "dedupe": dedupe}
-
-    def step(params, state, obs, index, valid, episodes):
-        feats, acts = feature_maps(agent, params, feature, preprocess(obs))
-        return update(state, feats, acts, index, valid, episodes, **options)
-
-    return jax.jit(step)
+    return update(state, feats, acts, index, valid, episodes, **options)
 
 
 def scan(
@@ -360,50 +287,26 @@ def scan(
     keep_vectors: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     params=None,
-    progress: Callable[[int], None] | None = None,
+    bar=None,
 ) -> ScanResult:
     """Stream ``source`` through the running top-k of every feature of ``feature``; memory stays bounded.
 
-    ``progress(n)`` is called after each batch with the number of source frames it covered (repeats included).
+    ``bar`` (the caller's tqdm bar) counts the source frames each batch covered, repeats included.
     """
     if frame_score not in ("max", "mean"):
         raise JaxinterpError(f"frame_score must be 'max' or 'mean', got {frame_score!r}")
     if k < 1 or num_candidates < k:
         raise JaxinterpError(f"need 1 <= k <= num_candidates, got k={k}, num_candidates={num_candidates}")
-    params = agent.params if params is None else params
+    agent = with_params(agent, params)
     _, _, f = feature_size(agent, feature)
     c = agent.layer_shapes[feature.layer][-1] if keep_vectors else 0
-    state = init_state(f, k, num_candidates, c)
-    step = make_step(agent, feature, frame_score=frame_score, one_per_frame=one_per_frame, dedupe=dedupe)
-    cache: dict[int, np.ndarray] = {}
-    pending: tuple[TopKState, np.ndarray, np.ndarray] | None = None
-    seen = 0
-
-    def keep_referenced(state, frames, index):
-        # The cache held every frame the previous state referred to; add this batch's, drop the rest.
-        refs = _referenced(state)
-        for i in np.flatnonzero(np.isin(index, refs)):
-            cache[int(index[i])] = np.array(frames[i])
-        for i in set(cache) - set(refs.tolist()):
-            del cache[i]
-
-    for frames, index, episodes, covered in iter_batches(source, batch_size, skip_repeats=dedupe):
-        n = len(frames)
-        seen += covered
-        if progress is not None:
-            progress(covered)
-        if n == 0:
-            continue
-        (frames_in,), valid = pad_rows(batch_size, (frames,))
-        (index_in, episodes_in), _ = pad_rows(batch_size, (index, episodes), EMPTY)
-        # dispatched asynchronously
-        state = step(params, state, frames_in, index_in.astype(np.int32), valid, episodes_in.astype(np.int32))
-        if pending is not None:  # overlaps the device step just dispatched
-            keep_referenced(*pending)
-        pending = (state, frames, index)
-    if pending is not None:
-        keep_referenced(*pending)
-    host = jax.device_get(state)
+    step = functools.partial(
+        scan_step, agent, feature=feature, frame_score=frame_score, one_per_frame=one_per_frame, dedupe=dedupe
+    )
+    pieces = frame_batches(source, batch_size, skip_repeats=dedupe)
+    # The host keeps the frames the state refers to one batch behind, while the device runs the next batch.
+    done = stream(pieces, step, init_state(f, k, num_candidates, c), fold=_keep_referenced, acc={}, bar=bar)
+    host = jax.device_get(done.state)
     top, bottom, candidates = _trim(host.top), _trim(host.bottom), _trim(host.candidates)
     vectors = np.asarray(host.vectors)[:, : candidates.values.shape[1]]
-    return ScanResult(top, bottom, candidates, vectors, cache, seen)
+    return ScanResult(top, bottom, candidates, vectors, done.acc, done.rows)

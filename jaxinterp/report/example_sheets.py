@@ -13,12 +13,13 @@ from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
 from jaxinterp.examples.object_response import objects_at
 from jaxinterp.examples.patches import patch_origin
-from jaxinterp.examples.spatial import SpatialExamples, default_reuse, mosaic
+from jaxinterp.examples.spatial import SpatialExamples, cell_boxes, choose, default_reuse
 from jaxinterp.models.receptive import FRAME_SIZE, WHOLE_FRAME, ReceptiveField
 
 __all__ = [
     "BOXED_FIELD",
     "BOX_COLOR",
+    "CHECKER",
     "DEFAULT_COLUMNS",
     "MIN_PATCH_PIXELS",
     "OVERVIEW_PIXELS",
@@ -26,6 +27,7 @@ __all__ = [
     "covers_frame",
     "example_views",
     "examples_sheet",
+    "mosaic",
     "overview_sheet",
     "top_strip",
     "write_sheets",
@@ -228,6 +230,44 @@ def write_sheets(
     if npz:
         paths.append(save_npz(result, out_dir / f"{stem}_examples.npz"))
     return paths
+
+
+CHECKER = (204, 255)
+"""Grey and white of the checkerboard that shows through where a feature hardly responds: the usual sign of
+transparency."""
+CHECKER_SIZE = 4
+
+
+def mosaic(result: SpatialExamples, j: int, reuse: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature ``j``'s picture (64, 64, 3) uint8 and the value shown at each position (H, W; NaN: no frame).
+
+    Each cell shows its chosen frame's pixels over a grey-and-white checkerboard with opacity ``(value - lo) / (hi - lo)``,
+    lo and hi the weakest and strongest value shown: the feature's best response at every place of the screen,
+    in the game's own pixels. Relative, so signed features (a residual sum) read like relus; the values say how
+    strong.
+    """
+    pick = choose(result, j, reuse)
+    h, w = pick.shape
+    filled = pick >= 0
+    shown = np.where(filled, np.take_along_axis(result.values[j], pick.clip(0)[..., None], 2)[..., 0], np.nan)
+    lo, hi = (shown[filled].min(), shown[filled].max()) if filled.any() else (0.0, 0.0)
+    alpha = np.where(filled, (shown - lo) / (hi - lo), 0.0) if hi > lo else filled.astype(np.float64)
+    yy, xx = np.mgrid[:FRAME_SIZE, :FRAME_SIZE]
+    checker = np.where((yy // CHECKER_SIZE + xx // CHECKER_SIZE) % 2, *CHECKER).astype(np.float32)
+    canvas = np.repeat(checker[..., None], 3, -1)
+    rf = result.receptive_field
+    rows, cols = cell_boxes(rf, h), cell_boxes(rf, w)
+    for y in range(h):
+        for x in range(w):
+            if pick[y, x] < 0:
+                continue
+            cell = result.cells[j, y, x, pick[y, x]].astype(np.float32)
+            y0, x0 = rows[y], cols[x]
+            ys = slice(max(y0, 0), min(y0 + rf.jump, FRAME_SIZE))
+            xs = slice(max(x0, 0), min(x0 + rf.jump, FRAME_SIZE))
+            piece = cell[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+            canvas[ys, xs] = alpha[y, x] * piece + (1 - alpha[y, x]) * canvas[ys, xs]
+    return np.round(canvas).astype(np.uint8), shown
 
 
 def write_spatial(
