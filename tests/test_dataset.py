@@ -111,7 +111,9 @@ def test_leftovers_of_an_interrupted_write_are_ignored_then_cleared(written):
     # What a crash between the chunk rename and the meta update, or mid-write, leaves behind.
     (path / "chunk_00002").mkdir()
     (path / "chunk_00002" / "frames.npy").write_bytes(b"garbage")
-    (path / ".tmp-chunk_00003").mkdir()
+    (path / ".tmp-chunk_00003").mkdir()  # an older version's temporary name
+    (path / "chunk_00003.partial").mkdir()
+    (path / "meta.json.partial").write_text("{")
     (path / "state_000000000099.npz").write_bytes(b"")
     (path / "notes.txt").write_text("the user's own file")
     assert len(Dataset(path)) == 10

@@ -24,15 +24,27 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from jaxinterp.atomic import TMP_SUFFIX, atomic_path, write_npz, write_text
 from jaxinterp.envs.heist import SUCCESS_REWARD, Episodes, EpisodeSummary, HeistConfig, HeistState
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import OBS_SHAPE
+
+__all__ = [
+    "ACTIVATION_DTYPE",
+    "FIELDS",
+    "FORMAT",
+    "META_FILE",
+    "VERSION",
+    "Dataset",
+    "DatasetWriter",
+    "activation_file_stem",
+]
 
 FORMAT = "jaxinterp.rollout"
 VERSION = 2  # 2 added `objects`
@@ -50,7 +62,10 @@ FIELDS: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
 ACTIVATION_DTYPE = np.dtype(np.float32)
 _CHUNK_RE = re.compile(r"chunk_\d{5}")
 _STATE_RE = re.compile(r"state_\d{12}\.npz")
-_TMP_PREFIX = ".tmp-"
+# Temporary names of an interrupted write: `jaxinterp.atomic`'s, and the ".tmp-" prefix of older versions.
+_TMP_RE = re.compile(
+    rf"\.tmp-.*|(chunk_\d{{5}}|state_\d{{12}}\.npz|{re.escape(META_FILE)}){re.escape(TMP_SUFFIX)}"
+)
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -72,32 +87,6 @@ def _layer_map(layers: Sequence[str]) -> dict[str, str]:
             )
         stems[layer] = stem
     return stems
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write `path` through a temp file and a rename, so readers see the old or the new file, never half."""
-    tmp = path.with_name(_TMP_PREFIX + path.name)
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class DatasetWriter:
@@ -177,19 +166,15 @@ class DatasetWriter:
                 raise JaxinterpError(f"chunk field {stem} has {len(array)} rows, expected {n}")
 
         name = f"chunk_{len(self.meta['chunks']):05d}"
-        tmp = self.path / (_TMP_PREFIX + name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for stem, array in files.items():
-            _save_npy(tmp / f"{stem}.npy", array)
-        _fsync_dir(tmp)
-        final = self.path / name
-        # Left over from a run that died between this rename and the meta update: not part of the dataset.
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        # Left over from a run that died between this chunk's rename and the meta update: not part of the dataset.
+        shutil.rmtree(self.path / name, ignore_errors=True)
+        with atomic_path(self.path / name, directory=True) as tmp:
+            for stem, array in files.items():
+                with open(tmp / f"{stem}.npy", "wb") as f:
+                    np.save(f, array, allow_pickle=False)
 
         state_name = f"state_{state.steps:012d}.npz"
-        _write_atomic(self.path / state_name, lambda f: np.savez(f, **state.to_arrays()))
+        write_npz(self.path / state_name, **state.to_arrays())
 
         self._write_meta(
             {
@@ -204,15 +189,14 @@ class DatasetWriter:
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         """Commit `meta` to disk; only then does this writer (and any reader) see the new chunk."""
-        text = json.dumps(meta, indent=2).encode()
-        _write_atomic(self.path / META_FILE, lambda f: f.write(text))
+        write_text(self.path / META_FILE, json.dumps(meta, indent=2))
         self.meta = meta
 
     def _remove_stale(self) -> None:
         """Delete files this module wrote but the meta does not reference (only names it owns)."""
         listed = {c["name"] for c in self.meta["chunks"]} | {self.meta["state"]}
         for entry in self.path.iterdir():
-            owned = entry.name.startswith(_TMP_PREFIX) or (
+            owned = _TMP_RE.fullmatch(entry.name) or (
                 (_CHUNK_RE.fullmatch(entry.name) or _STATE_RE.fullmatch(entry.name))
                 and entry.name not in listed
             )
