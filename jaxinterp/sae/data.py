@@ -15,11 +15,23 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from jaxinterp.atomic import atomic_path, write_text
 from jaxinterp.envs.dataset import Dataset
+from jaxinterp.envs.stream import batches, stream
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
+from jaxinterp.progress import bar as progress_bar
+
+__all__ = [
+    "CHUNK_FRAMES",
+    "HELDOUT_EVERY",
+    "ActivationSource",
+    "evenly",
+    "geometric_median",
+    "input_scale",
+    "layer_activations",
+]
 
 HELDOUT_EVERY = 10
 """Episodes whose id is ``HELDOUT_EVERY - 1`` modulo this are held out: a tenth of the play, whole episodes."""
@@ -49,23 +61,35 @@ def layer_activations(
         raise JaxinterpError(
             f"the dataset {dataset.path} has no frames; record some with `jaxinterp rollout`"
         )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), *shape))
-    stored = layer in dataset.layers
-    fields = [layer] if stored else ["frames"]
-    start = 0
-    with tqdm(total=len(dataset), unit="frame", desc=f"activations {layer}", disable=not progress) as bar:
-        for chunk in dataset.iter_chunks(CHUNK_FRAMES, fields=fields):
-            acts = chunk[layer] if stored else np.asarray(agent.activations(chunk["frames"], [layer])[layer])
-            out[start : start + len(acts)] = acts.reshape(len(acts), *shape)
-            start += len(acts)
-            bar.update(len(acts))
-    out.flush()
-    del out
-    os.replace(tmp, cache)
-    stamp_path.write_text(json.dumps(stamp))
+    field = layer if layer in dataset.layers else "frames"
+    chunks = ((c[field],) for c in dataset.iter_chunks(CHUNK_FRAMES, fields=[field]))
+
+    def step(_, rows, valid):
+        # A layer the dataset recorded is copied; otherwise its frames go through the truncated forward.
+        return rows if field == layer else agent.activations(rows, [layer])[layer]
+
+    # Chunks as the dataset cuts them, unpadded: each frame's activations as one call on its chunk gives them.
+    pieces = batches(chunks, CHUNK_FRAMES, pad=False)
+    with (
+        atomic_path(cache) as tmp,
+        progress_bar(len(dataset), desc=f"activations {layer}", unit="frame", enabled=progress) as bar,
+    ):
+        _write_npy(tmp, (len(dataset), *shape), pieces, step, bar)
+    write_text(stamp_path, json.dumps(stamp))
     return np.load(cache, mmap_mode="r")
+
+
+def _write_npy(path: Path, shape: tuple[int, ...], pieces, step, bar) -> None:
+    """The outputs of ``step`` over ``pieces``, one after another, as a float32 ``.npy`` of ``shape`` at ``path``
+    (written through a memory map: the activations need not fit in memory)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+    def write(start: int, acts, batch) -> int:
+        out[start : start + len(acts)] = np.asarray(acts).reshape(len(acts), *shape[1:])
+        return start + len(acts)
+
+    stream(pieces, step, fold=write, acc=0, bar=bar)
+    out.flush()
 
 
 class ActivationSource:
