@@ -25,7 +25,9 @@ from jaxinterp.featviz import param as param_lib
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.context import Context, ContextSpec
 from jaxinterp.featviz.engine import DEFAULT_LR, DEFAULT_STEPS, VisualizeConfig, make_visualize
-from jaxinterp.models.agent import Agent, array_digest, check_obs, parse_channels, preprocess
+from jaxinterp.featviz.real_values import PERCENTILES, real_frame_values
+from jaxinterp.featviz.real_values import real_percentiles as _percentiles
+from jaxinterp.models.agent import Agent, array_digest, check_obs, parse_channels
 
 __all__ = [
     "PERCENTILES",
@@ -34,12 +36,9 @@ __all__ = [
     "visualize_layers",
 ]
 
-PERCENTILES = (99.0, 99.9)
-"""Real-frame percentiles each visualization is compared with."""
 SETTINGS_FORMAT = "jaxinterp.featviz/1"
 DEFAULT_SCALE = 4
 """PNG upscaling (nearest): a 64-px image becomes 256 px, large enough to see single pixels."""
-REAL_BATCH = 256
 CONTEXT_FRAMES = 4
 """Frames each ``context_<c>.png`` shows a channel's first patch in."""
 SHEET_IMAGES_PER_ROW = 8
@@ -47,48 +46,6 @@ SHEET_IMAGES_PER_ROW = 8
 _CACHE_SIZE = 8  # compiled programs kept for reruns in one process (resuming, more channels, other seeds)
 
 ObjectiveSpec = str | Callable[[str], obj.Objective]
-
-
-def real_frame_values(
-    agent: Agent, objective: obj.Objective, channels: Sequence[int], frames, *, batch_size: int = REAL_BATCH
-) -> np.ndarray:
-    """The objective on real uint8 frames for each channel index: (C, N), one forward per batch of frames."""
-    objective.validate(agent)
-    frames = check_obs(frames)
-    fn = _real_values_fn(agent, objective)
-    index = jnp.asarray(channels, jnp.int32)
-    out = [
-        np.asarray(fn(agent.params, frames[s : s + batch_size], index))
-        for s in range(0, len(frames), batch_size)
-    ]
-    return np.concatenate(out, axis=1)
-
-
-_REAL_FNS: dict[tuple, Callable] = {}
-
-
-def _real_values_fn(agent: Agent, objective: obj.Objective) -> Callable:
-    """The jitted (params, frames, channels) -> (C, N) function, shared by equal objectives of one agent."""
-    key = (id(agent), objective.description)
-    hit = _REAL_FNS.get(key)
-    if hit is None or hit[0] is not agent:
-
-        def values(params, obs, index):
-            images = preprocess(obs)
-            acts = obj.read_acts(agent, agent.forward(params, images), objective.layers)
-            return jax.vmap(lambda i: objective.fn(acts, images, i))(index)
-
-        hit = _REAL_FNS[key] = (agent, jax.jit(values))
-        while len(_REAL_FNS) > _CACHE_SIZE:
-            _REAL_FNS.pop(next(iter(_REAL_FNS)))
-    return hit[1]
-
-
-def _percentiles(agent, objective, channels, frames) -> np.ndarray:
-    """(len(PERCENTILES), C)."""
-    return np.percentile(real_frame_values(agent, objective, channels, frames), PERCENTILES, axis=1).astype(
-        np.float32
-    )
 
 
 def _objectives(
