@@ -56,13 +56,15 @@ from jaxinterp.envs.heist import HeistConfig
 from jaxinterp.envs.rollout import collect, random_policy
 from jaxinterp.examples import topk as topk_mod
 from jaxinterp.examples.features import channels, feature_maps
-from jaxinterp.examples.find import find_examples
+from jaxinterp.examples.find import find_examples as find_examples_with_bar
 from jaxinterp.examples.patches import crop
 from jaxinterp.models.agent import preprocess
 from jaxinterp.models.receptive import receptive_field
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from torch_models import random_model
+
+find_examples = functools.partial(find_examples_with_bar, progress=False)  # timed without a progress bar
 
 LAYERS = ("conv_seqs.0.res_block1", "conv_seqs.1.res_block1", "conv_seqs.2.res_block1")
 
@@ -205,8 +207,10 @@ def forward_flops(agent, layer: str | None, batch: int = 32) -> float:
     """FLOPs per frame of the forward to ``layer`` (None: the whole network, what the torch hook loop runs), as
     XLA's cost analysis of the compiled program counts them."""
     obs = jnp.zeros((batch, 64, 64, 3), jnp.uint8)
-    fn = _jit_forward(agent, layer) if layer else jax.jit(agent.apply)
-    cost = fn.lower(agent.params, obs).compile().cost_analysis()
+    lowered = (
+        _forward.lower(agent, obs, layer=layer) if layer else jax.jit(agent.apply).lower(agent.params, obs)
+    )
+    cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"]) / batch
 
@@ -230,35 +234,26 @@ def matmul_ceiling(size: int = MATMUL_SIZE, repeats: int = 10) -> tuple[float, f
 # ----------------------------------------------------------------------------------------------------- profile
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_forward(agent, layer):
+@functools.partial(jax.jit, static_argnames="layer")
+def _forward(agent, obs, layer):
     """Forward to the layer + the spatial max/argmax per channel: the least any scan must compute."""
-
-    def f(params, obs):
-        feats, _ = feature_maps(agent, params, channels(layer), preprocess(obs))
-        flat = feats.reshape(feats.shape[0], -1, feats.shape[-1])
-        return jnp.max(flat, 1), jnp.argmax(flat, 1)
-
-    return jax.jit(f)
+    feats, _ = feature_maps(agent, agent.params, channels(layer), preprocess(obs))
+    flat = feats.reshape(feats.shape[0], -1, feats.shape[-1])
+    return jnp.max(flat, 1), jnp.argmax(flat, 1)
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_top_only(agent, layer, k):
+@functools.partial(jax.jit, static_argnames="layer", donate_argnums=1)
+def _top_only(agent, state, obs, index, layer):
     """Forward + a running top-k of (spatial max, frame, argmax) only: exactly the torch job, in one jitted step."""
-    w = agent.layer_shapes[layer][1]
-
-    def step(params, state, obs, index):
-        feats, _ = feature_maps(agent, params, channels(layer), preprocess(obs))
-        flat = feats.reshape(feats.shape[0], -1, feats.shape[-1])
-        v, p = jnp.max(flat, 1).T, jnp.argmax(flat, 1).T  # (F, B)
-        sv, sf, sp = state
-        cand_v = jnp.concatenate([sv, v], 1)
-        top_v, j = jax.lax.top_k(cand_v, k)
-        f = jnp.concatenate([sf, jnp.broadcast_to(index[None], v.shape)], 1)
-        pos = jnp.concatenate([sp, p.astype(jnp.int32)], 1)
-        return top_v, jnp.take_along_axis(f, j, 1), jnp.take_along_axis(pos, j, 1)
-
-    return jax.jit(step, donate_argnums=1), w
+    feats, _ = feature_maps(agent, agent.params, channels(layer), preprocess(obs))
+    flat = feats.reshape(feats.shape[0], -1, feats.shape[-1])
+    v, p = jnp.max(flat, 1).T, jnp.argmax(flat, 1).T  # (F, B)
+    sv, sf, sp = state
+    cand_v = jnp.concatenate([sv, v], 1)
+    top_v, j = jax.lax.top_k(cand_v, sv.shape[1])
+    f = jnp.concatenate([sf, jnp.broadcast_to(index[None], v.shape)], 1)
+    pos = jnp.concatenate([sp, p.astype(jnp.int32)], 1)
+    return top_v, jnp.take_along_axis(f, j, 1), jnp.take_along_axis(pos, j, 1)
 
 
 def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
@@ -270,7 +265,6 @@ def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
     valid = np.ones(batch, bool)
     feature = channels(layer)
     f = agent.layer_shapes[layer][-1]
-    params = agent.params
     src = Dataset(data_dir)
 
     def read_all():
@@ -281,34 +275,32 @@ def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
             if tot >= n:
                 break
 
-    fwd = _jit_forward(agent, layer)
-
     def forward():
         out = None
         for b in batches:
-            out = fwd(params, b)
+            out = _forward(agent, b, layer=layer)
         jax.block_until_ready(out)
 
     def steps(**opts):
         keep_vectors = opts.pop("keep_vectors", True)
-        step = topk_mod.make_step(agent, feature, frame_score="max", one_per_frame=True, **opts)
+        step = functools.partial(
+            topk_mod.scan_step, agent, feature=feature, frame_score="max", one_per_frame=True, **opts
+        )
         c = agent.layer_shapes[layer][-1] if keep_vectors else 0
 
         def run():
             state = topk_mod.init_state(f, k, 4 * k, c)
             for b, i in zip(batches, index, strict=True):
-                state = step(params, state, b, i, valid, i)  # each frame its own episode
+                state = step(state, b, i, i, valid)  # each frame its own episode
             jax.block_until_ready(state)
 
         run()  # compile
         return run
 
-    top_only, _ = _jit_top_only(agent, layer, k)
-
     def top_only_run():
         state = (jnp.full((f, k), -jnp.inf), jnp.full((f, k), -1, jnp.int32), jnp.zeros((f, k), jnp.int32))
         for b, i in zip(batches, index, strict=True):
-            state = top_only(params, state, b, i)
+            state = _top_only(agent, state, b, i, layer=layer)
         jax.block_until_ready(state)
 
     def scan_mem():
@@ -347,9 +339,9 @@ def profile_layer(agent, layer, data_dir, frames_np, batch, k, repeats):
         "read frames from Dataset (iter_chunks(B) + copy)": read_all,
         "forward to layer + spatial max/argmax (jit)": forward,
         "forward + running top-k/argmax only (torch's job, jit)": top_only_run,
-        "make_step loop, defaults (top+bottom+candidates+vectors, dedupe)": steps(dedupe=True),
-        "make_step loop, keep_vectors=False": steps(dedupe=True, keep_vectors=False),
-        "make_step loop, dedupe=False": steps(dedupe=False),
+        "scan_step loop, defaults (top+bottom+candidates+vectors, dedupe)": steps(dedupe=True),
+        "scan_step loop, keep_vectors=False": steps(dedupe=True, keep_vectors=False),
+        "scan_step loop, dedupe=False": steps(dedupe=False),
         "topk.scan on in-memory array (+ host bookkeeping)": scan_mem,
         "topk.scan on in-memory array, keep_vectors=False": scan_mem_novec,
         "find_examples on in-memory array (+ patches)": find_mem,
