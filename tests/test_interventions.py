@@ -178,6 +178,20 @@ def test_an_empty_edit_replays_the_clean_agent_exactly(played):
     assert np.nanmean(result.kl[which == 2]) > 0  # ablating the whole layer moves the (near-uniform) policy
 
 
+def test_the_edited_policy_acts_on_any_subset_of_the_environments_as_on_all(agent, heist_frames):
+    from jaxinterp.interventions.play import edited_policy
+
+    rows = [(), parse_edits(f"{LAYER}:all=0"), parse_edits(f"{LAYER}:3+=2@1,1")]
+    which, level_of = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 0, 0, 1, 1, 1])
+    policy = edited_policy(agent, compile_edits(agent, rows), which, level_of, seed=4)
+    obs = heist_frames[:6]
+    actions, kl = policy(obs, np.arange(6), 7)
+    envs = np.array([1, 3, 5])  # episodes of the others have ended
+    sub_actions, sub_kl = policy(obs[envs], envs, 7)
+    np.testing.assert_array_equal(sub_actions, actions[envs])
+    np.testing.assert_allclose(sub_kl, kl[envs], rtol=1e-5, atol=1e-7)
+
+
 def test_every_edit_sees_the_same_levels(played):
     levels, _, level_of, result = played
     assert len(set(levels.seeds.tolist())) == 3

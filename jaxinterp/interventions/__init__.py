@@ -12,7 +12,14 @@ from jaxinterp.interventions.edits import (
     parse_edits,
 )
 from jaxinterp.interventions.play import EVENTS, Levels, Play, make_levels, play
-from jaxinterp.interventions.sweep import Sweep, ablate_each, reach_rate, run_sweep, steer_edits, typical_peak
+from jaxinterp.interventions.sweep import (
+    Sweep,
+    ablate_each,
+    reach_rate,
+    run_sweep,
+    steer_edits,
+    typical_peaks,
+)
 
 __all__ = [
     "EVENTS",
@@ -34,5 +41,5 @@ __all__ = [
     "reach_rate",
     "run_sweep",
     "steer_edits",
-    "typical_peak",
+    "typical_peaks",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "Levels",
     "Play",
     "Policy",
+    "edited_policy",
     "make_levels",
     "play",
     "play_levels",
@@ -128,6 +129,36 @@ Policy = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 """``policy(obs, envs, t) -> (actions, kl)`` for the frames of the environments ``envs`` at step ``t``."""
 
 
+def edited_policy(
+    agent: Agent,
+    edits: dict[Slot, EditArrays],
+    which: np.ndarray,
+    level_of: np.ndarray,
+    *,
+    seed: int = 0,
+    greedy: bool = False,
+) -> Policy:
+    """The `Policy` of env i playing under edit row ``which[i]`` of ``edits`` (from `compile_edits`); its actions
+    are drawn with keys of (``seed``, level, step), so two envs on one level under no edit act alike."""
+    which, level_of = np.asarray(which, np.int32), np.asarray(level_of, np.int32)
+    if which.shape != level_of.shape:
+        raise JaxinterpError("`which` and `level_of` must have the same length (one entry per environment)")
+    slots = tuple(edits)
+    arrays = tuple(edits[s] for s in slots)
+    key = jax.random.key(seed)
+
+    def policy(obs, envs, t):
+        # Padded to a power of two with repeats of itself: a handful of compiled shapes as the batch empties.
+        rows = np.resize(np.arange(len(envs)), max(_MIN_BUCKET, 1 << (len(envs) - 1).bit_length()))
+        ids = envs[rows]
+        act, kl = _policy(
+            agent, obs[rows], arrays, which[ids], level_of[ids], t, key, slots=slots, greedy=greedy
+        )
+        return np.asarray(act)[: len(envs)], np.asarray(kl)[: len(envs)]
+
+    return policy
+
+
 def play(
     agent: Agent,
     levels: Levels,
@@ -141,22 +172,7 @@ def play(
 ) -> Play:
     """Play one episode in each of ``len(which)`` environments: env i plays level ``level_of[i]`` (an index into
     ``levels``) under edit row ``which[i]`` of ``edits`` (from `compile_edits`); ``options`` as `play_levels`."""
-    which = np.asarray(which, np.int32)
-    slots = tuple(edits)
-    arrays = tuple(edits[s] for s in slots)
-    key = jax.random.key(seed)
-    level_of = np.asarray(level_of, np.int32)
-
-    def policy(obs, envs, t):
-        # Padded to a power of two with repeats of itself: a handful of compiled shapes as the batch empties.
-        idx = np.resize(envs, max(_MIN_BUCKET, 1 << (len(envs) - 1).bit_length()))
-        act, kl = _policy(
-            agent, obs[idx], arrays, which[idx], level_of[idx], t, key, slots=slots, greedy=greedy
-        )
-        return np.asarray(act)[: len(envs)], np.asarray(kl)[: len(envs)]
-
-    if which.shape != level_of.shape:
-        raise JaxinterpError("`which` and `level_of` must have the same length (one entry per environment)")
+    policy = edited_policy(agent, edits, which, level_of, seed=seed, greedy=greedy)
     return play_levels(policy, levels, level_of, **options)
 
 

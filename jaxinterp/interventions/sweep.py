@@ -17,7 +17,7 @@ from jaxinterp.interventions.play import Levels, Play, make_levels, play
 from jaxinterp.models.agent import Agent, parse_channels
 from jaxinterp.models.receptive import receptive_field
 
-__all__ = ["Sweep", "ablate_each", "reach_rate", "run_sweep", "steer_edits", "typical_peak"]
+__all__ = ["Sweep", "ablate_each", "reach_rate", "run_sweep", "steer_edits", "typical_peaks"]
 
 
 class Sweep(NamedTuple):
@@ -89,33 +89,41 @@ def ablate_each(agent: Agent, layer: str, channels="all", how: str = "0") -> lis
     return [f"{layer}:{c}={how}" for c in parse_channels(channels, n, f"layer {layer!r}")]
 
 
-def typical_peak(agent: Agent, layer: str, channel: int, frames: np.ndarray) -> float:
-    """A channel's typical peak: its largest value over positions, averaged over ``frames`` (the agent's play)."""
-    acts = np.asarray(agent.activations(frames, [layer])[layer])[..., channel]
-    return float(acts.reshape(len(acts), -1).max(1).mean())
+def typical_peaks(agent: Agent, layer: str, frames: np.ndarray) -> np.ndarray:
+    """How far each channel's strongest position stands above its median position, averaged over ``frames`` (the
+    agent's play): what "this channel fires here" looks like, also for layers before a relu, whose values are often
+    negative everywhere."""
+    acts = np.asarray(agent.activations(frames, [layer])[layer])
+    acts = acts.reshape(len(acts), -1, acts.shape[-1])
+    return (acts.max(1) - np.median(acts, 1)).mean(0)
 
 
-def steer_edits(layer: str, channel: int, targets: list[tuple[int, int]], value: float) -> list[str]:
-    """One edit per target position (x, y): add ``value`` to ``channel`` there."""
-    return [f"{layer}:{channel}+={value:g}@{x},{y}" for x, y in targets]
+def steer_edits(
+    agent: Agent, layer: str, channels, at: tuple[int, int], frames: np.ndarray, value: float | None = None
+) -> list[str]:
+    """One edit per channel: add ``value`` (default: the channel's `typical_peaks` on ``frames``) to it at layer
+    position ``at`` = (x, y)."""
+    n = agent.layer_shapes[agent.check_layers([layer])[0]][-1]
+    chosen = parse_channels(channels, n, f"layer {layer!r}")
+    values = typical_peaks(agent, layer, frames) if value is None else np.full(n, value)
+    return [f"{layer}:{c}+={values[c]:.4g}@{at[0]},{at[1]}" for c in chosen]
 
 
-def reach_rate(sweep: Sweep, agent: Agent, layer: str, targets: list[tuple[int, int]]) -> list[dict]:
-    """For the steering edits (rows 1..), how often the agent's path passes over the target position's receptive
-    field centre (within one layer cell), against the clean agent on the same levels."""
+def reach_rate(sweep: Sweep, agent: Agent, layer: str, at: tuple[int, int]) -> list[dict]:
+    """For every edit, how often the agent's path passes over layer position ``at``'s receptive-field centre
+    (within half a layer cell) during its episode, against the clean agent on the same levels."""
     rf = receptive_field(agent, layer)
     radius = rf.jump / 2
-    path = sweep.play.path
+    centre = np.array([rf.center(at[0]), rf.center(at[1])])
+    near = np.nanmin(np.linalg.norm(sweep.play.path - centre, axis=-1), axis=1) <= radius
     out = []
-    for e, (x, y) in enumerate(targets, start=1):
-        centre = np.array([rf.center(x), rf.center(y)])
-        near = np.nanmin(np.linalg.norm(path - centre, axis=-1), axis=1) <= radius
+    for e in range(1, len(sweep.names)):
         clean = near[(sweep.which == 0)][np.argsort(sweep.level_of[sweep.which == 0])]
         edited = near[(sweep.which == e)][np.argsort(sweep.level_of[sweep.which == e])]
         out.append(
             {
                 "edit": sweep.names[e],
-                "target": [x, y],
+                "target": list(at),
                 "target_pixel": centre.tolist(),
                 "reached_clean": float(clean.mean()),
                 "reached_edited": float(edited.mean()),
