@@ -74,6 +74,29 @@ def test_every_package_declares_its_public_api():
         assert not missing, f"{info.name}.__all__ names {missing}, which it does not define"
 
 
+DISTRIBUTIONS = {"PIL": "pillow", "orbax": "orbax-checkpoint", "procgen": "procgen-mirror", "ml_dtypes": "ml-dtypes"}
+"""Import names whose distribution is named otherwise."""
+
+
+def test_every_imported_package_is_declared():
+    import re
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ \[]", d)[0].lower() for d in project["dependencies"]}
+    imported = set()
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "jaxinterp"}
+    missing = sorted(m for m in third_party if DISTRIBUTIONS.get(m, m).lower() not in declared)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_function_is_longer_than_a_screen(path):
     long = [
