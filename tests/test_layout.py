@@ -1,4 +1,4 @@
-"""The package layout: data flows one way (models ← weights ← envs ← analyses ← report ← cli), every package
+"""The package layout: data flows one way (models ← weights ← envs ← analyses ← report ← api ← cli), every package
 declares its public API, and no function grows past what one screen shows."""
 
 import ast
@@ -25,11 +25,11 @@ TIERS = {
     "sae": 4,
     "rl": 4,
     "interventions": 4,
-    "api": 5,
     "report": 5,
-    "cli": 6,
+    "api": 6,
+    "cli": 7,
 }
-"""A module may import its own package, and packages of a lower tier; the analyses (tier 4) may use each other."""
+"""A module may import its own package and packages of its tier or lower: the analyses (tier 4) use each other."""
 
 MAX_FUNCTION_LINES = 80
 
@@ -61,7 +61,7 @@ def test_nothing_imports_upward():
             continue
         for line, module in _imports(path):
             theirs = module.split(".")[1]
-            if theirs != mine and TIERS[theirs] > TIERS[mine] - (TIERS[mine] == 4 and TIERS[theirs] == 4):
+            if TIERS[theirs] > TIERS[mine]:
                 upward.append(f"{path.relative_to(ROOT.parent)}:{line} imports {module}")
     assert not upward, "imports against the data flow:\n" + "\n".join(upward)
 
