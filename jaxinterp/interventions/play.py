@@ -21,7 +21,7 @@ from jaxinterp.envs.ground_truth import parse_state, read_entities, to_pixels
 from jaxinterp.envs.heist import HeistConfig, HeistEnv
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
-from jaxinterp.models.agent import Agent, preprocess
+from jaxinterp.models.agent import CPU_PASS_SIZE, Agent, pass_size, preprocess
 
 __all__ = [
     "EVENTS",
@@ -44,9 +44,10 @@ EVENTS = ("key_blue", "key_green", "key_red", "lock_blue", "lock_green", "lock_r
 
 _PLAYER, _LOCK, _KEY, _GEM = 0, 1, 2, 9
 _COLOURS = ("blue", "green", "red")
-_MIN_BUCKET = 8
-"""Running environments are passed to the network in batches of a power of two (at least this), so a handful of
-programs are compiled while the batch empties (failing episodes run to the timeout long after most have ended)."""
+_MIN_BUCKET = CPU_PASS_SIZE
+"""Running environments are passed to the network in batches of a power of two (at least one CPU pass), so a
+handful of programs are compiled while the batch empties (failing episodes run to the timeout long after most have
+ended)."""
 
 
 class Levels(NamedTuple):
@@ -88,28 +89,39 @@ class Play(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("slots", "greedy"))
 def _policy(agent: Agent, obs, arrays, which, level, step, key, *, slots: tuple[Slot, ...], greedy: bool):
-    """Edited actions and KL(clean || edited) for a batch of frames; ``which``/``level`` per row."""
-    images = preprocess(obs)
-    keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
-    edit_key = jax.random.fold_in(key, -1 - step)
+    """Edited actions and KL(clean || edited) for a batch of frames (a multiple of `pass_size` rows, run pass by
+    pass: XLA:CPU's convolutions are fastest on batches of 32); ``which``/``level`` per row."""
+    rows = pass_size(obs.shape[0])
 
-    def edit_layer(layer):
-        def edit(acts):
-            for i, (slot, arr) in enumerate(zip(slots, arrays, strict=True)):
-                if slot.layer == layer:
-                    acts = apply_slot(slot, arr, which, acts, jax.random.fold_in(edit_key, i))
-            return acts
+    def one_pass(inputs):
+        i, obs, which, level = inputs
+        images = preprocess(obs)
+        edit_key = jax.random.fold_in(jax.random.fold_in(key, -1 - step), i)
 
-        return edit
+        def edit_layer(layer):
+            def edit(acts):
+                for j, (slot, arr) in enumerate(zip(slots, arrays, strict=True)):
+                    if slot.layer == layer:
+                        acts = apply_slot(slot, arr, which, acts, jax.random.fold_in(edit_key, j))
+                return acts
 
-    perturb = {slot.layer: edit_layer(slot.layer) for slot in slots}
-    logits_name = agent.arch.logits
-    edited = agent.forward(agent.params, images, perturb)[logits_name]
-    clean = agent.forward(agent.params, images)[logits_name] if slots else edited
-    lp, lq = jax.nn.log_softmax(clean), jax.nn.log_softmax(edited)
-    kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
-    actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
-    return actions.astype(jnp.int32), kl
+            return edit
+
+        perturb = {slot.layer: edit_layer(slot.layer) for slot in slots}
+        edited = agent.forward(agent.params, images, perturb)[agent.arch.logits]
+        clean = agent.forward(agent.params, images)[agent.arch.logits] if slots else edited
+        lp, lq = jax.nn.log_softmax(clean), jax.nn.log_softmax(edited)
+        kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
+        keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
+        actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
+        return actions.astype(jnp.int32), kl
+
+    split = (
+        jnp.arange(obs.shape[0] // rows),
+        *(x.reshape(-1, rows, *x.shape[1:]) for x in (obs, which, level)),
+    )
+    actions, kl = jax.lax.map(one_pass, split)
+    return actions.reshape(-1), kl.reshape(-1)
 
 
 def _things(entities) -> tuple[tuple[float, float], np.ndarray]:
