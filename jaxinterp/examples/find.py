@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxinterp.atomic import atomic_path
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, as_feature, feature_ids
 from jaxinterp.examples.patches import (
@@ -137,8 +138,6 @@ def find_examples(
 
 def save_npz(result: ExamplesResult, path: str | Path) -> Path:
     """Indices, positions and values of ``result`` (no pixels) as ``.npz``; ``load_npz`` reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"format": np.asarray(NPZ_FORMAT), "layer": np.asarray(result.layer), "ids": result.ids}
     arrays["description"] = np.asarray(result.description)
     arrays["receptive_field"] = np.asarray(result.receptive_field, np.int64)
@@ -149,8 +148,9 @@ def save_npz(result: ExamplesResult, path: str | Path) -> Path:
     for group in ("top", "bottom", "positions", "candidates"):
         for field, value in getattr(result, group)._asdict().items():
             arrays[f"{group}_{field}"] = np.asarray(value)
-    np.savez_compressed(path, **arrays)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return Path(path)
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

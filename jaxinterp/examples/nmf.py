@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.atomic import write_npz
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.examples.features import Feature, compute_feature_maps
 from jaxinterp.models.agent import Agent
@@ -158,7 +159,4 @@ def describe(dirs: NMFDirections) -> str:
 
 def save_npz(dirs: NMFDirections, path: str | Path) -> Path:
     """``dirs`` as ``.npz`` (layer, components, share, explained, rows); parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{k: np.asarray(v) for k, v in dirs._asdict().items()})
-    return path
+    return write_npz(path, **{k: np.asarray(v) for k, v in dirs._asdict().items()})

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.atomic import write_npz
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.stream import batches, stream
 from jaxinterp.errors import JaxinterpError
@@ -219,7 +220,7 @@ def objects_at(object_maps, frames, ys, xs, block: int) -> np.ndarray:
 
 def save_npz(result: ObjectResponse, path: str | Path) -> None:
     """Write ``result`` as an ``.npz`` (plain arrays; ``load_npz`` reads it back)."""
-    np.savez(
+    write_npz(
         path,
         format=NPZ_FORMAT,
         layer=result.layer,
