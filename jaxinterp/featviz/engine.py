@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
 
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import param as param_lib
@@ -161,6 +162,34 @@ class _State(NamedTuple):
     step_keys: jax.Array  # (K,) typed keys: transform draws for step t fold t in
 
 
+class _Program(NamedTuple):
+    """What fixes a chunk's compiled program besides the shapes: the static argument of the jitted job functions.
+
+    Hashable, so visualizers with an equal config and the same objective share compiled programs, whatever the
+    agent's weights (they and the context's frames are arguments). ``param`` and ``optimizer`` None stand for
+    the defaults, built while tracing, so that equal configs stay equal programs."""
+
+    objective: Objective
+    measure: Objective
+    param: param_lib.ImageParam | None
+    optimizer: optax.GradientTransformation | None
+    lr: float
+    transforms: tf.Transform | None
+    steps: int
+    kept: tuple[int, ...]
+    facets: int
+    impl: str  # the PRNG implementation of the jobs' key data
+    mesh: Mesh
+
+    @property
+    def image_param(self) -> param_lib.ImageParam:
+        return self.param if self.param is not None else param_lib.image()
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        return self.optimizer if self.optimizer is not None else optax.adam(self.lr)
+
+
 def bytes_per_image(agent: Agent, layers: Sequence[str]) -> int:
     """Estimated bytes one image needs in a step: every activation up to the deepest layer read, plus the image."""
     order = list(agent.layer_shapes)
@@ -176,6 +205,124 @@ def _pick_device_rows(n: int, devices: int) -> int:
     return max(devices, n // devices * devices)
 
 
+# --- one job: (channel index, K facet keys); ``shared`` is (agent, context or None) ----------------------------
+def _init_job(program: _Program, index: jax.Array, key_data: jax.Array) -> _State:
+    keys = jax.random.wrap_key_data(key_data, impl=program.impl)
+    split = jax.vmap(jax.random.split)(keys)  # (K, 2)
+    init_keys, step_keys = split[:, 0], split[:, 1]
+    # Each facet is initialized from its own key (not one key for the batch), so facet f is the same image
+    # whatever K is; leaves come back (K, 1, ...) and merge into the batch axis the parameterization expects.
+    params = jax.vmap(lambda key: program.image_param.init(key, 1))(init_keys)
+    params = jax.tree.map(lambda x: x.reshape(program.facets, *x.shape[2:]), params)
+    saved = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(program.kept) + 1, *x.shape)), params)
+    return _State(params, program.tx.init(params), saved, jnp.int32(0), step_keys)
+
+
+def _score(program: _Program, shared, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
+    agent, context = shared  # the context travels as an argument: its frames are no constant
+    if context is not None:
+        # Activations come from the frames holding the patches, penalties (tv, l2, ...) see the patches.
+        seen = context.paste(images, keys)
+        reps = seen.shape[0] // images.shape[0]
+        acts = read_acts(agent, agent.forward(agent.params, seen), objective.layers)
+        scores = objective.fn(acts, jnp.repeat(images, reps, axis=0), index)
+        return scores.reshape(images.shape[0], reps).mean(axis=1)
+    seen = images
+    if keys is not None and program.transforms is not None:
+        spec = program.transforms
+        seen = jax.vmap(lambda key, im: tf.apply(key, im[None], spec)[0])(keys, images)
+    acts = read_acts(agent, agent.forward(agent.params, seen), objective.layers)
+    return objective.fn(acts, images, index)
+
+
+def _step_job(program: _Program, shared, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
+    keys = jax.vmap(jax.random.fold_in, (0, None))(state.step_keys, state.step)
+
+    def loss_fn(p):
+        score = _score(program, shared, index, program.image_param.apply(p), program.objective, keys)
+        return -jnp.sum(score), score
+
+    (_, score), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = program.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    kept = jnp.asarray(program.kept, jnp.int32)
+    hit = kept == step
+    slot = jnp.where(hit.any(), jnp.argmax(hit), len(program.kept))
+    saved = jax.tree.map(lambda s, p: s.at[slot].set(p), state.saved, params)
+    return _State(params, opt_state, saved, step, state.step_keys), -score
+
+
+def _finish_job(program: _Program, shared, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
+    saved = jax.tree.map(lambda s: s[: len(program.kept)], state.saved)
+    images = jax.vmap(program.image_param.apply)(saved)  # (T, K, H, W, 3)
+    flat = images.reshape(-1, *images.shape[2:])
+    values = _score(program, shared, index, flat, program.measure).reshape(images.shape[:2])
+    return images, values
+
+
+def _run_job(program: _Program, shared, index, key_data):
+    state = _init_job(program, index, key_data)
+    state, losses = jax.lax.scan(
+        lambda s, _: _step_job(program, shared, index, s), state, None, length=program.steps
+    )
+    images, values = _finish_job(program, shared, index, state)
+    return images, values, losses.T
+
+
+# --- vmapped over the jobs of each device, sharded over devices, jitted ----------------------------------------
+def _per_device(program: _Program, job: Callable, *, shared: bool = True) -> Callable:
+    """``job`` vmapped over the jobs of a device inside a `jax.shard_map` over the program's mesh.
+
+    shard_map, not the compiler's automatic partitioning: left to it, XLA replicated the FFT parameterization (an
+    all-gather of every job's spectrum and the inverse FFT of all jobs on every device, each step), and in the host
+    loop those collectives deadlocked XLA:CPU's rendezvous on 2 host devices. Here no step runs a collective;
+    results come back sharded and the host gathers them (`Visualizer._host`)."""
+    jobs, same = PartitionSpec(_AXIS), PartitionSpec()
+    return jax.shard_map(
+        jax.vmap(functools.partial(job, program), (None, 0, 0) if shared else (0, 0)),
+        mesh=program.mesh,
+        in_specs=(same, jobs, jobs) if shared else (jobs, jobs),
+        out_specs=jobs,
+        check_vma=False,  # the custom-VJP convolution is opaque to the check; nothing is reduced here
+    )
+
+
+def _run(shared, index, key_data, *, program: _Program):
+    return _per_device(program, _run_job)(shared, index, key_data)
+
+
+def _init(index, key_data, *, program: _Program):
+    return _per_device(program, _init_job, shared=False)(index, key_data)
+
+
+def _step(shared, index, state, *, program: _Program):
+    return _per_device(program, _step_job)(shared, index, state)
+
+
+def _finish(shared, index, state, *, program: _Program):
+    return _per_device(program, _finish_job)(shared, index, state)
+
+
+class _Jitted(NamedTuple):
+    run: Callable  # all steps in one scan
+    init: Callable  # the host loop's three parts
+    step: Callable
+    finish: Callable
+
+
+@functools.cache
+def _jitted(compiler_options: tuple[tuple[str, Any], ...]) -> _Jitted:
+    """The job functions jitted with these XLA options, each compiling once per `_Program` and shapes.
+
+    `jax.jit` takes compiler options when it wraps a function, not per call: one set of wrappers per distinct
+    options (the default and the fast-compile one of tests and quick looks), not per agent or visualizer."""
+    jit = functools.partial(
+        jax.jit, static_argnames="program", compiler_options=dict(compiler_options) or None
+    )
+    return _Jitted(jit(_run), jit(_init), jit(_step, donate_argnums=2), jit(_finish))
+
+
 class Visualizer:
     """``visualize(key, channels) -> Result``; built by `make_visualize`, reusable for any channels and seeds."""
 
@@ -186,8 +333,6 @@ class Visualizer:
             )
         self.agent, self.objective, self.config = agent, objective.validate(agent), config
         self.measure = (config.measure or objective).validate(agent)
-        self.param = config.param if config.param is not None else param_lib.image()
-        self.optimizer = config.optimizer if config.optimizer is not None else optax.adam(config.lr)
         self.devices = config.devices if config.devices is not None else tuple(jax.devices())
         self.mesh = Mesh(np.asarray(self.devices, dtype=object), (_AXIS,))
         self._sharded = NamedSharding(self.mesh, PartitionSpec(_AXIS))
@@ -200,102 +345,22 @@ class Visualizer:
         self.chunk_channels = _pick_device_rows(max(1, max_images // config.facets), len(self.devices))
         """Most channels optimized in one call (a multiple of the device count)."""
         self._shared = None
-        self._compiled: dict[str, Any] = {}
 
-    # --- one job: (channel index, K facet keys) ------------------------------------------------------------
-    def _init_job(self, index: jax.Array, keys: jax.Array) -> _State:
-        k = self.config.facets
-        split = jax.vmap(jax.random.split)(keys)  # (K, 2)
-        init_keys, step_keys = split[:, 0], split[:, 1]
-        # Each facet is initialized from its own key (not one key for the batch), so facet f is the same image
-        # whatever K is; leaves come back (K, 1, ...) and merge into the batch axis the parameterization expects.
-        params = jax.vmap(lambda key: self.param.init(key, 1))(init_keys)
-        params = jax.tree.map(lambda x: x.reshape(k, *x.shape[2:]), params)
-        kept = len(self.config.kept)
-        saved = jax.tree.map(lambda x: jnp.broadcast_to(x, (kept + 1, *x.shape)), params)
-        return _State(params, self.optimizer.init(params), saved, jnp.int32(0), step_keys)
-
-    def _score(self, shared, index, images: jax.Array, objective: Objective, keys=None) -> jax.Array:
-        agent_params, context = shared  # the context travels as an argument: its frames are no constant
-        if context is not None:
-            # Activations come from the frames holding the patches, penalties (tv, l2, ...) see the patches.
-            seen = context.paste(images, keys)
-            reps = seen.shape[0] // images.shape[0]
-            acts = read_acts(self.agent, self.agent.forward(agent_params, seen), objective.layers)
-            scores = objective.fn(acts, jnp.repeat(images, reps, axis=0), index)
-            return scores.reshape(images.shape[0], reps).mean(axis=1)
-        seen = images
-        if keys is not None and self.config.transforms is not None:
-            spec = self.config.transforms
-            seen = jax.vmap(lambda key, im: tf.apply(key, im[None], spec)[0])(keys, images)
-        acts = read_acts(self.agent, self.agent.forward(agent_params, seen), objective.layers)
-        return objective.fn(acts, images, index)
-
-    def _step_job(self, shared, index: jax.Array, state: _State) -> tuple[_State, jax.Array]:
-        keys = jax.vmap(jax.random.fold_in, (0, None))(state.step_keys, state.step)
-
-        def loss_fn(p):
-            score = self._score(shared, index, self.param.apply(p), self.objective, keys)
-            return -jnp.sum(score), score
-
-        (_, score), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        step = state.step + 1
-        kept = jnp.asarray(self.config.kept, jnp.int32)
-        hit = kept == step
-        slot = jnp.where(hit.any(), jnp.argmax(hit), len(self.config.kept))
-        saved = jax.tree.map(lambda s, p: s.at[slot].set(p), state.saved, params)
-        return _State(params, opt_state, saved, step, state.step_keys), -score
-
-    def _finish_job(self, shared, index: jax.Array, state: _State) -> tuple[jax.Array, jax.Array]:
-        kept = len(self.config.kept)
-        images = jax.vmap(self.param.apply)(jax.tree.map(lambda s: s[:kept], state.saved))  # (T, K, H, W, 3)
-        flat = images.reshape(-1, *images.shape[2:])
-        values = self._score(shared, index, flat, self.measure).reshape(images.shape[:2])
-        return images, values
-
-    def _run_job(self, shared, index, key_data, impl):
-        state = self._init_job(index, jax.random.wrap_key_data(key_data, impl=impl))
-        state, losses = jax.lax.scan(
-            lambda s, _: self._step_job(shared, index, s), state, None, length=self.config.steps
+    def _program(self, impl: str) -> _Program:
+        c = self.config
+        return _Program(
+            self.objective,
+            self.measure,
+            c.param,
+            c.optimizer,
+            c.lr,
+            c.transforms,
+            c.steps,
+            c.kept,
+            c.facets,
+            impl,
+            self.mesh,
         )
-        images, values = self._finish_job(shared, index, state)
-        return images, values, losses.T
-
-    # --- compiled, vmapped over channels and sharded over devices -------------------------------------------
-    def _functions(self, impl: str) -> dict[str, Callable]:
-        """The jitted job functions, each vmapped over the jobs of a device inside a `jax.shard_map`.
-
-        shard_map, not the compiler's automatic partitioning: left to it, XLA replicated the FFT
-        parameterization (an all-gather of every job's spectrum and the inverse FFT of all jobs on every device, each
-        step), and in the host loop those collectives deadlocked XLA:CPU's rendezvous on 2 host devices. Here no
-        step runs a collective; results come back sharded and the host gathers them (`_host`)."""
-        if impl not in self._compiled:
-            shard, repl = self._sharded, self._replicated
-            jobs, same = PartitionSpec(_AXIS), PartitionSpec()
-            jit = functools.partial(jax.jit, compiler_options=dict(self.config.compiler_options) or None)
-
-            def per_device(fn, *, params: bool = True, **kw):
-                specs = (same, jobs, jobs) if params else (jobs, jobs)
-                mapped = jax.shard_map(
-                    jax.vmap(fn, (None, 0, 0) if params else (0, 0)),
-                    mesh=self.mesh,
-                    in_specs=specs,
-                    out_specs=jobs,
-                    check_vma=False,  # the custom-VJP convolution is opaque to the check; nothing is reduced here
-                )
-                return jit(mapped, in_shardings=(repl, shard, shard) if params else (shard, shard), **kw)
-
-            self._compiled[impl] = {
-                "run": per_device(lambda p, i, k: self._run_job(p, i, k, impl)),
-                "init": per_device(
-                    lambda i, k: self._init_job(i, jax.random.wrap_key_data(k, impl=impl)), params=False
-                ),
-                "step": per_device(self._step_job, donate_argnums=2),
-                "finish": per_device(self._finish_job),
-            }
-        return self._compiled[impl]
 
     @staticmethod
     def _host(x: jax.Array) -> np.ndarray:
@@ -312,10 +377,10 @@ class Visualizer:
         return jax.make_array_from_callback(data.shape, sharding, lambda idx: data[idx])
 
     def _shared_inputs(self):
-        """(agent params, context or None) on every device: what each job reads besides its own state."""
+        """(agent, context or None) on every device: what each job reads besides its own state."""
         if self._shared is None:
             self._shared = jax.tree.map(
-                lambda x: self._global(x, self._replicated), (self.agent.params, self.config.context)
+                lambda x: self._global(x, self._replicated), (self.agent, self.config.context)
             )
         return self._shared
 
@@ -348,11 +413,11 @@ class Visualizer:
         key: jax.Array | int,
         channels: Sequence[int] | int | None = None,
         *,
-        progress: Callable[[int], Any] | None = None,
+        bar: tqdm | None = None,
     ) -> Result:
         """Optimize ``facets`` images for each of ``channels`` (indices of the objective family).
 
-        ``progress(n)`` is called after each chunk with the number of channels it finished (e.g. ``tqdm.update``).
+        A caller's progress ``bar`` advances by the channels of each chunk as it finishes.
         """
         key = jax.random.key(key) if isinstance(key, int | np.integer) else key
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -373,8 +438,8 @@ class Visualizer:
             images, values, losses = self._run_chunk(impl, index, keys)
             parts.append((images[:real], values[:real], losses[:real]))
             self._check_finite(channels[start : start + real], *parts[-1])
-            if progress is not None:
-                progress(real)
+            if bar is not None:
+                bar.update(real)
         images, values, losses = (np.concatenate(x) for x in zip(*parts, strict=True))
         return Result(
             images=np.moveaxis(images, 1, 0),
@@ -385,18 +450,18 @@ class Visualizer:
         )
 
     def _run_chunk(self, impl: str, index: np.ndarray, keys: np.ndarray):
-        fns = self._functions(impl)
+        fns, program = _jitted(self.config.compiler_options), self._program(impl)
         shared = self._shared_inputs()
         index_g, keys_g = self._global(index, self._sharded), self._global(keys, self._sharded)
         if self.config.scan:
-            out = fns["run"](shared, index_g, keys_g)
+            out = fns.run(shared, index_g, keys_g, program=program)
             return tuple(self._host(x) for x in out)
-        state = fns["init"](index_g, keys_g)
+        state = fns.init(index_g, keys_g, program=program)
         losses = []
         for _ in range(self.config.steps):
-            state, loss = fns["step"](shared, index_g, state)
+            state, loss = fns.step(shared, index_g, state, program=program)
             losses.append(loss)
-        images, values = fns["finish"](shared, index_g, state)
+        images, values = fns.finish(shared, index_g, state, program=program)
         return self._host(images), self._host(values), np.stack([self._host(x) for x in losses], axis=-1)
 
     def _check_finite(self, channels: np.ndarray, images, values, losses) -> None:
