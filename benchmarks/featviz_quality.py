@@ -98,8 +98,10 @@ def main() -> None:
     from jaxinterp import render as report_images
     from jaxinterp.featviz import objectives as obj
     from jaxinterp.featviz import param as param_lib
+    from jaxinterp.featviz import transforms as tf
+    from jaxinterp.featviz.real_values import real_frame_values
     from jaxinterp.models.agent import parse_channels
-    from jaxinterp.report.visualizations import real_frame_values, visualize_layers
+    from jaxinterp.report.visualizations import FeatvizSettings, visualize_layers
     from jaxinterp.rl.export import agent_frames
 
     agent, what = load(args.checkpoint)
@@ -121,17 +123,20 @@ def main() -> None:
     for name in args.variants.split(","):
         v = VARIANTS[name]
         t = time.perf_counter()
-        summary = visualize_layers(
-            agent,
-            [args.layer],
-            channels,
+        settings = FeatvizSettings(
             steps=args.steps,
             lr=args.lr,
             basis=v["basis"],
             decorrelate=v["decorrelate"],
             color_matrix=stats.matrix,
-            transforms=v["transforms"],
+            transforms=tf.standard_transforms() if v["transforms"] else None,
             seed=args.seed,
+        )
+        summary = visualize_layers(
+            agent,
+            [args.layer],
+            channels,
+            settings,
             out_dir=out / name,
             real_frames=frames,
             resume=False,

@@ -1,5 +1,6 @@
 """Tests for the PNG helpers and the feature-visualization job that writes them (outputs, resume, quality)."""
 
+import dataclasses
 import json
 
 import multihost_worker as worker
@@ -10,20 +11,22 @@ from PIL import Image
 from jaxinterp import render as ri
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
+from jaxinterp.featviz import transforms as tf
+from jaxinterp.featviz.context import ContextSpec
+from jaxinterp.featviz.real_values import PERCENTILES, real_frame_values
 from jaxinterp.models.agent import parse_channels
 from jaxinterp.report import visualizations as run
+from jaxinterp.report.visualizations import FeatvizSettings
 
 LAYER = "conv_seqs.0.conv"
 # One channel per chunk (max_images = facets), 4 steps, fast compiles: the job's logic, not image quality.
-JOB = {
-    "steps": 4,
-    "thresholds": (2,),
-    "facets": 2,
-    "max_images": 2,
-    "tv": 0.01,
-    "progress": False,
-    "compiler_options": worker.FAST_COMPILE,
-}
+JOB = FeatvizSettings(
+    steps=4, thresholds=(2,), facets=2, max_images=2, tv=0.01, compiler_options=worker.FAST_COMPILE
+)
+
+
+def _run(agent, channels, out, settings=JOB, **kw):
+    return run.visualize_layers(agent, [LAYER], channels, settings, out_dir=out, progress=False, **kw)
 
 
 def test_to_uint8_upscale_and_strips():
@@ -94,7 +97,7 @@ def agent():
 
 def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_path, monkeypatch):
     out = tmp_path / "viz"
-    first = run.visualize_layers(agent, [LAYER], "0-1", out_dir=out, real_frames=heist_frames, **JOB)
+    first = _run(agent, "0-1", out, real_frames=heist_frames)
     s = first["layers"][LAYER]
     folder = out / ri.file_stem(LAYER)
     assert s["computed"] == 2 and not s["skipped"] and s["channels"] == [0, 1]
@@ -110,17 +113,17 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
     assert settings["objective"] == f"channel({LAYER!r}, i) - 0.01 * total_variation()"
     assert settings["measure"] == f"channel({LAYER!r}, i)"
     # The quality measure: real-frame percentiles of the (penalty-free) objective, and the fraction beaten.
-    real = run.real_frame_values(agent, obj.channel(LAYER), [0, 1], heist_frames)
-    np.testing.assert_allclose(p, np.percentile(real, run.PERCENTILES, axis=1), rtol=1e-5)
+    real = real_frame_values(agent, obj.channel(LAYER), [0, 1], heist_frames)
+    np.testing.assert_allclose(p, np.percentile(real, PERCENTILES, axis=1), rtol=1e-5)
     best = values[-1].max(axis=1)
     assert s["beat_p99"] == np.mean(best > p[0]) and s["beat_p999"] == np.mean(best > p[1])
     assert s["nonpositive_p999"] == np.sum(np.percentile(real, 99.9, axis=1) <= 0)
 
     # Same settings: nothing to do.
-    again = run.visualize_layers(agent, [LAYER], "0-1", out_dir=out, real_frames=heist_frames, **JOB)
+    again = _run(agent, "0-1", out, real_frames=heist_frames)
     assert again["layers"][LAYER]["skipped"]
     # More channels: only the new ones are computed; the old ones keep their images.
-    more = run.visualize_layers(agent, [LAYER], "all", out_dir=out, real_frames=heist_frames, **JOB)
+    more = _run(agent, "all", out, real_frames=heist_frames)
     assert more["layers"][LAYER]["computed"] == 2
     with np.load(folder / "images.npz") as z:
         np.testing.assert_array_equal(z["images"][:, :2], images)
@@ -134,10 +137,10 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
 
     monkeypatch.setattr(run, "_write_outputs", crash)
     with pytest.raises(RuntimeError, match="simulated"):
-        run.visualize_layers(agent, [LAYER], "all", out_dir=out, seed=1, **JOB)
+        _run(agent, "all", out, dataclasses.replace(JOB, seed=1))
     assert len(list((folder / "chunks").glob("chunk_*.npz"))) == 4
     monkeypatch.undo()
-    resumed = run.visualize_layers(agent, [LAYER], "all", out_dir=out, seed=1, **JOB)
+    resumed = _run(agent, "all", out, dataclasses.replace(JOB, seed=1))
     assert resumed["layers"][LAYER]["computed"] == 0 and not resumed["layers"][LAYER]["skipped"]
     assert resumed["layers"][LAYER]["beat_p99"] is None  # no real frames this time
     with Image.open(folder / "sheet.png") as im:
@@ -149,11 +152,37 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
 
 def test_visualize_layers_errors(agent, tmp_path):
     with pytest.raises(JaxinterpError, match="unknown layer 'nope'"):
-        run.visualize_layers(agent, ["nope"], out_dir=tmp_path, **JOB)
+        run.visualize_layers(agent, ["nope"], settings=JOB, out_dir=tmp_path)
     with pytest.raises(JaxinterpError, match="channel 4 is out of range for layer 'conv_seqs.0.conv'"):
-        run.visualize_layers(agent, [LAYER], "2-4", out_dir=tmp_path, **JOB)
+        _run(agent, "2-4", tmp_path)
     with pytest.raises(JaxinterpError, match="cannot parse objective"):
-        run.visualize_layers(agent, [LAYER], objective="channel +", out_dir=tmp_path, **JOB)
-    with pytest.raises(JaxinterpError, match="3×3"):
-        run.visualize_layers(agent, [LAYER], color_matrix=np.eye(2), out_dir=tmp_path, **JOB)
+        _run(agent, "all", tmp_path, dataclasses.replace(JOB, objective="channel +"))
+    with pytest.raises(JaxinterpError, match="pass `real_frames`"):
+        _run(agent, "all", tmp_path, FeatvizSettings(objective="neuron", context=ContextSpec()))
     assert not any(tmp_path.iterdir())  # nothing written before the checks pass
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"color_matrix": np.eye(2)}, "3×3"),
+        ({"basis": "wavelet"}, "'fft' or 'pixel'"),
+        ({"scale": 0}, "`scale`"),
+        ({"transforms": True}, "transforms.Transform or None"),
+        ({"context": ContextSpec(), "transforms": tf.no_transforms()}, "leave `transforms` at its default"),
+        ({"steps": 4, "thresholds": (8,)}, "thresholds"),
+    ],
+)
+def test_settings_are_checked_when_built(settings, message):
+    with pytest.raises(JaxinterpError, match=message) as err:
+        FeatvizSettings(**settings)
+    assert "\n" not in str(err.value)
+
+
+def test_settings_keep_the_colour_matrix_exactly():
+    matrix = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
+    settings = FeatvizSettings(color_matrix=matrix)
+    np.testing.assert_array_equal(settings.matrix, matrix)
+    assert settings == FeatvizSettings(
+        color_matrix=matrix.tolist()
+    )  # comparable, whatever array-like it came as

@@ -8,6 +8,7 @@ Each step is recorded in ``report.json`` when done, so an interrupted report res
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 from collections.abc import Sequence
@@ -15,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxinterp import render as images
+from jaxinterp.atomic import write_json, write_text
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.examples.find import find_examples
+from jaxinterp.examples.find import DEFAULT_K, find_examples
 from jaxinterp.examples.object_response import ObjectResponse, load_npz, object_response
 from jaxinterp.examples.spatial import spatial_examples
 from jaxinterp.featviz import transforms as tf
@@ -29,18 +30,16 @@ from jaxinterp.models.agent import Agent
 from jaxinterp.report.example_sheets import top_strip, write_sheets, write_spatial
 from jaxinterp.report.latents import section_html, write_sae_section
 from jaxinterp.report.object_tables import STRONG, objects_html, write_object_response
-from jaxinterp.report.visualizations import visualize_layers, write_json
+from jaxinterp.report.visualizations import FeatvizSettings, visualize_layers
 
 __all__ = [
     "DEFAULT_DIVERSITY",
-    "DEFAULT_K",
     "REAL_FRAMES",
     "REPORT_FORMAT",
     "write_agent_report",
 ]
 
 REPORT_FORMAT = "jaxinterp.report/4"  # 2: the centre-neuron view; 3: its smaller jitter; 4: spatial mosaics
-DEFAULT_K = 16
 DEFAULT_DIVERSITY = 0.5
 """Examples are chosen with this cosine-similarity penalty: Heist frames look alike, and plain top-k fills a
 channel's sheet with one object seen from neighbouring positions."""
@@ -81,19 +80,7 @@ def write_agent_report(
     them, ``report.json`` (settings, per-channel numbers) and ``index.html``. ``source`` names the agent on the page.
     ``sae`` (an SAE directory) adds a section with a row per latent (`jaxinterp.report.latents`).
     Rerunning with the same arguments resumes; other settings in the same ``out_dir`` are refused."""
-    layers = list(agent.check_layers(layers if layers is not None else agent.arch.stage_outputs))
-    if not layers:
-        raise JaxinterpError("no layers to report on; pass layer names (see `jaxinterp info`)")
-    dense = [name for name in layers if name not in agent.conv_layer_names]
-    if dense:
-        raise JaxinterpError(
-            f"the report covers spatial layers (objects sit at positions); {', '.join(dense)} has none: "
-            f"use `jaxinterp examples` for it, or one of {', '.join(agent.conv_layer_names)}"
-        )
-    if len(dataset) == 0:
-        raise JaxinterpError(
-            f"the dataset {dataset.path} has no frames; record some with `jaxinterp rollout`"
-        )
+    layers = _check_layers(agent, dataset, layers)
     out = Path(out_dir)
     settings = {
         "format": REPORT_FORMAT,
@@ -112,46 +99,24 @@ def write_agent_report(
     state = _open_state(out, json.loads(json.dumps(settings)))
 
     real = dataset.evenly_spaced(real_frames)["frames"]
-    featviz = {
+    featviz = FeatvizSettings(steps=steps, color_matrix=color_matrix, seed=seed)
+    views = {
         view: visualize_layers(
             agent,
             layers,
             "all",
-            objective=objective,
-            transforms=transforms,
-            steps=steps,
-            color_matrix=color_matrix,
-            real_frames=real,
-            seed=seed,
+            dataclasses.replace(featviz, objective=objective, transforms=transforms),
             out_dir=out / view,
+            real_frames=real,
             progress=progress,
         )["layers"]
         for view, (objective, transforms) in VIEWS.items()
     }
     for layer in layers:
-        stem = images.file_stem(layer)
-        if f"examples:{layer}" not in state["done"]:
-            result = find_examples(agent, layer, dataset, k=k, diversity=diversity, progress=progress)
-            write_sheets(result, out / "examples", object_maps=dataset)
-            for j, fid in enumerate(result.ids):
-                images.save_png(out / "examples" / f"{stem}_{int(fid):04d}_top.png", top_strip(result, j))
-            # Each channel's highest value at any position of any frame: <= 0 means it never fired in play.
-            state["max_in_play"][layer] = result.top.values[:, 0].tolist()
-            _mark_done(out, state, f"examples:{layer}")
-        if f"spatial:{layer}" not in state["done"]:
-            with tqdm(total=len(dataset), unit="frame", desc=f"spatial {layer}", disable=not progress) as bar:
-                mosaics = spatial_examples(agent, layer, dataset, progress=bar.update)
-            write_spatial(mosaics, out / "examples")
-            _mark_done(out, state, f"spatial:{layer}")
-        if f"objects:{layer}" not in state["done"]:
-            with tqdm(total=len(dataset), unit="frame", desc=f"objects {layer}", disable=not progress) as bar:
-                response = object_response(agent, layer, dataset, progress=bar.update)
-            write_object_response(response, out / "objects" / stem)
-            _mark_done(out, state, f"objects:{layer}")
-
+        _analyse_layer(agent, layer, dataset, out, state, k=k, diversity=diversity, progress=progress)
     sections = [
         _layer_numbers(
-            agent, layer, {view: featviz[view][layer] for view in VIEWS}, state["max_in_play"][layer], out
+            agent, layer, {view: views[view][layer] for view in VIEWS}, state["max_in_play"][layer], out
         )
         for layer in layers
     ]
@@ -172,9 +137,55 @@ def write_agent_report(
         )
         _mark_done(out, state, "sae")
     write_json(out / "report.json", state)
-    page = out / "index.html"
-    page.write_text(_page(settings, sections, state.get("sae")))
-    return page
+    return write_text(out / "index.html", _page(settings, sections, state.get("sae")))
+
+
+def _check_layers(agent: Agent, dataset: Dataset, layers: Sequence[str] | None) -> list[str]:
+    """The layers to report on, checked: spatial layers of ``agent``, over a dataset that has frames."""
+    layers = list(agent.check_layers(layers if layers is not None else agent.arch.stage_outputs))
+    if not layers:
+        raise JaxinterpError("no layers to report on; pass layer names (see `jaxinterp info`)")
+    dense = [name for name in layers if name not in agent.conv_layer_names]
+    if dense:
+        raise JaxinterpError(
+            f"the report covers spatial layers (objects sit at positions); {', '.join(dense)} has none: "
+            f"use `jaxinterp examples` for it, or one of {', '.join(agent.conv_layer_names)}"
+        )
+    if len(dataset) == 0:
+        raise JaxinterpError(
+            f"the dataset {dataset.path} has no frames; record some with `jaxinterp rollout`"
+        )
+    return layers
+
+
+def _analyse_layer(
+    agent: Agent,
+    layer: str,
+    dataset: Dataset,
+    out: Path,
+    state: dict,
+    *,
+    k: int,
+    diversity: float,
+    progress: bool,
+) -> None:
+    """``layer``'s examples, spatial mosaics and object responses, each step skipped if an earlier run did it."""
+    stem = images.file_stem(layer)
+    if f"examples:{layer}" not in state["done"]:
+        result = find_examples(agent, layer, dataset, k=k, diversity=diversity, progress=progress)
+        write_sheets(result, out / "examples", object_maps=dataset)
+        for j, fid in enumerate(result.ids):
+            images.save_png(out / "examples" / f"{stem}_{int(fid):04d}_top.png", top_strip(result, j))
+        # Each channel's highest value at any position of any frame: <= 0 means it never fired in play.
+        state["max_in_play"][layer] = result.top.values[:, 0].tolist()
+        _mark_done(out, state, f"examples:{layer}")
+    if f"spatial:{layer}" not in state["done"]:
+        write_spatial(spatial_examples(agent, layer, dataset, progress=progress), out / "examples")
+        _mark_done(out, state, f"spatial:{layer}")
+    if f"objects:{layer}" not in state["done"]:
+        response = object_response(agent, layer, dataset, progress=progress)
+        write_object_response(response, out / "objects" / stem)
+        _mark_done(out, state, f"objects:{layer}")
 
 
 def _open_state(out: Path, settings: dict) -> dict:

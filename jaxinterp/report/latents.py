@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxinterp import render as images
 from jaxinterp.envs.dataset import Dataset
@@ -21,10 +20,12 @@ from jaxinterp.featviz import transforms as tf
 from jaxinterp.models.agent import Agent
 from jaxinterp.report.example_sheets import top_strip, write_sheets, write_spatial
 from jaxinterp.report.object_tables import objects_html, write_object_response
-from jaxinterp.report.visualizations import visualize_layers
+from jaxinterp.report.visualizations import FeatvizSettings, visualize_layers
 from jaxinterp.sae.features import latent_feature, latent_objective
 from jaxinterp.sae.files import load_sparsity
 from jaxinterp.sae.runs import EVAL_FILE, load_member
+
+__all__ = ["DEFAULT_LATENTS", "chosen_latents", "section_html", "write_sae_section"]
 
 DEFAULT_LATENTS = 32
 """Latents shown: each object class's best latent (held-out F1), then the most frequent ones, up to this many."""
@@ -68,27 +69,22 @@ def write_sae_section(
     feature = latent_feature(sae, ids)
     out = Path(out_dir) / "sae"
     stem = images.file_stem(sae.layer)
-    summary = visualize_layers(
-        agent,
-        [sae.layer],
-        ids,
+    featviz = FeatvizSettings(
         objective=lambda layer: latent_objective(sae),
         transforms=tf.Transform(jitters=tf.NEURON_JITTERS),
         steps=steps,
         color_matrix=color_matrix,
-        real_frames=real_frames,
         seed=seed,
-        out_dir=out / "featviz",
-        progress=progress,
+    )
+    summary = visualize_layers(
+        agent, [sae.layer], ids, featviz, out_dir=out / "featviz", real_frames=real_frames, progress=progress
     )["layers"][sae.layer]
     result = find_examples(agent, feature, dataset, k=k, diversity=diversity, progress=progress)
     write_sheets(result, out / "examples", object_maps=dataset)
     for j, fid in enumerate(result.ids):
         images.save_png(out / "examples" / f"{stem}_{int(fid):04d}_top.png", top_strip(result, j))
-    with tqdm(total=len(dataset), unit="frame", desc="spatial SAE", disable=not progress) as bar:
-        write_spatial(spatial_examples(agent, feature, dataset, progress=bar.update), out / "examples")
-    with tqdm(total=len(dataset), unit="frame", desc="objects SAE", disable=not progress) as bar:
-        response = object_response(agent, feature, dataset, progress=bar.update)
+    write_spatial(spatial_examples(agent, feature, dataset, progress=progress), out / "examples")
+    response = object_response(agent, feature, dataset, progress=progress)
     write_object_response(response, out / "objects")
     chosen_for: dict[int, list[tuple[str, float]]] = {}
     if (sae_dir / EVAL_FILE).exists():

@@ -1,8 +1,10 @@
-"""The feature-visualization job behind the CLI: every channel of some layers, to PNGs, contact sheets and .npz.
+"""The feature-visualization job behind the CLI and the report: every channel of some layers, to PNGs, contact
+sheets and .npz.
 
-``visualize_layers`` optimizes images chunk by chunk (resumable: chunks and layers whose outputs exist with the
-same settings are skipped), and measures each image against real frames: the fraction of channels whose image
-drives the objective past the 99th / 99.9th percentile of its values on the agent's own frames.
+`FeatvizSettings` say how each layer's images are made, checked once when built; ``visualize_layers`` optimizes
+them chunk by chunk (resumable: chunks and layers whose outputs exist with the same settings are skipped), and
+measures each image against real frames: the fraction of channels whose image drives the objective past the 99th /
+99.9th percentile of its values on the agent's own frames.
 """
 
 from __future__ import annotations
@@ -17,222 +19,205 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxinterp import render as report_images
+from jaxinterp.atomic import write_json, write_npz
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.featviz import objectives as obj
 from jaxinterp.featviz import param as param_lib
 from jaxinterp.featviz import transforms as tf
 from jaxinterp.featviz.context import Context, ContextSpec
 from jaxinterp.featviz.engine import DEFAULT_LR, DEFAULT_STEPS, VisualizeConfig, make_visualize
-from jaxinterp.featviz.real_values import PERCENTILES, real_frame_values
-from jaxinterp.featviz.real_values import real_percentiles as _percentiles
+from jaxinterp.featviz.real_values import PERCENTILES, real_percentiles
 from jaxinterp.models.agent import Agent, array_digest, check_obs, parse_channels
+from jaxinterp.progress import bar as progress_bar
 
-__all__ = [
-    "PERCENTILES",
-    "SETTINGS_FORMAT",
-    "real_frame_values",
-    "visualize_layers",
-]
+__all__ = ["SETTINGS_FORMAT", "FeatvizSettings", "visualize_layers"]
 
 SETTINGS_FORMAT = "jaxinterp.featviz/1"
-DEFAULT_SCALE = 4
-"""PNG upscaling (nearest): a 64-px image becomes 256 px, large enough to see single pixels."""
 CONTEXT_FRAMES = 4
 """Frames each ``context_<c>.png`` shows a channel's first patch in."""
 SHEET_IMAGES_PER_ROW = 8
 """Images per contact-sheet row: 8 channels of one facet, 4 channels of two facets, ..."""
-_CACHE_SIZE = 8  # compiled programs kept for reruns in one process (resuming, more channels, other seeds)
 
 ObjectiveSpec = str | Callable[[str], obj.Objective]
 
 
-def _objectives(
-    spec: ObjectiveSpec, layer: str, penalties: dict[str, float]
-) -> tuple[obj.Objective, obj.Objective]:
-    """(what to optimize, what to measure): the target minus the weighted penalties, and the target alone."""
-    target = spec(layer) if callable(spec) else obj.parse_objective(spec, layer=layer)
-    full = target
-    makers = {
-        "tv": obj.total_variation,
-        "l1": obj.l1,
-        "l2": obj.l2,
-        "blur": obj.blur,
-        "diversity": lambda: obj.diversity(layer),
-    }
-    for name, weight in penalties.items():
-        if weight:
-            full = full - float(weight) * makers[name]()
-    return full, target
+@dataclasses.dataclass(frozen=True)
+class FeatvizSettings:
+    """How `visualize_layers` makes and measures each layer's images, checked once when built (the engine's part by
+    `VisualizeConfig`, which ``engine`` holds).
 
+    ``objective`` is a string in which ``channel``/``neuron``/``deepdream`` mean the current layer (``"channel"``,
+    ``"neuron@3,4"``, ``"channel - 1e-3*tv"``) or ``layer -> Objective``; its index runs over the channels (for the
+    logits layer, ``channel`` visualizes actions). The penalty weights ``tv``, ``l1``, ``l2``, ``blur`` and
+    ``diversity`` (between facets) are subtracted from it; values are measured without them. With a ``context``
+    each image is a patch optimized inside the real frames (see `jaxinterp.featviz.context`) over one position's
+    receptive field, in place of a whole image and its ``transforms``; give an objective at that position
+    (``"neuron"`` for the centre, ``"neuron@x,y"`` with ``context.at == (y, x)``).
+    """
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` whole or not at all (through a temporary file)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
+    objective: ObjectiveSpec = "channel"
+    steps: int = DEFAULT_STEPS
+    thresholds: tuple[int, ...] = ()
+    """Step counts at which images are kept as well as the last."""
+    facets: int = 1
+    lr: float = DEFAULT_LR
+    basis: str = "fft"
+    """The image parameterization's basis: 'fft' or 'pixel'."""
+    decorrelate: bool = True
+    color_matrix: tuple[tuple[float, ...], ...] | None = None
+    """3×3, e.g. ``param.fit_color_stats(frames).matrix`` (any array-like; kept as a tuple); None: ImageNet's."""
+    transforms: tf.Transform | None = dataclasses.field(default_factory=tf.standard_transforms)
+    """Random transforms before the network each step; None for none."""
+    context: ContextSpec | None = None
+    tv: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    blur: float = 0.0
+    diversity: float = 0.0
+    seed: int = 0
+    scale: int = report_images.DEFAULT_SCALE
+    """PNG upscaling (nearest)."""
+    max_images: int | None = None
+    scan: bool = True
+    compiler_options: tuple[tuple[str, Any], ...] = ()
+    """``max_images``, ``scan`` and ``compiler_options``: see `VisualizeConfig`."""
+    engine: VisualizeConfig = dataclasses.field(init=False, repr=False, compare=False)
+    """The engine's config of these settings; each layer adds its measure and context."""
 
+    def __post_init__(self) -> None:
+        if self.color_matrix is not None:
+            matrix = np.asarray(self.color_matrix, np.float32)
+            if matrix.shape != (3, 3):
+                raise JaxinterpError(f"`color_matrix` must be 3×3, got shape {matrix.shape}")
+            object.__setattr__(self, "color_matrix", tuple(map(tuple, matrix.tolist())))
+        if not (isinstance(self.scale, int) and self.scale >= 1):
+            raise JaxinterpError(f"`scale` (={self.scale!r}) must be an int >= 1")
+        if self.transforms is not None and not isinstance(self.transforms, tf.Transform):
+            raise JaxinterpError(
+                f"`transforms` must be a transforms.Transform or None, got {self.transforms!r}"
+            )
+        if self.context is not None and self.transforms not in (None, tf.standard_transforms()):
+            raise JaxinterpError(
+                "a context shifts its patch by its own jitter: leave `transforms` at its default"
+            )
+        size = param_lib.DEFAULT_SIZE if self.context is None else self.context.size
+        engine = VisualizeConfig(
+            steps=self.steps,
+            thresholds=tuple(self.thresholds),
+            facets=self.facets,
+            lr=self.lr,
+            param=param_lib.image(
+                size, basis=self.basis, decorrelate=self.matrix if self.decorrelate else None
+            ),
+            transforms=self.transforms if self.context is None else None,
+            max_images=self.max_images,
+            scan=self.scan,
+            compiler_options=self.compiler_options,
+        )
+        object.__setattr__(self, "thresholds", engine.thresholds)
+        object.__setattr__(self, "compiler_options", engine.compiler_options)
+        object.__setattr__(self, "engine", engine)
 
-def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    @property
+    def matrix(self) -> np.ndarray:
+        """The colour matrix the images are decorrelated with (when ``decorrelate``), float32 3×3."""
+        if self.color_matrix is None:
+            return param_lib.IMAGENET_COLOR_CORRELATION
+        return np.asarray(self.color_matrix, np.float32)
+
+    def objectives(self, layer: str) -> tuple[obj.Objective, obj.Objective]:
+        """(what to optimize, what to measure) at ``layer``: the target minus the weighted penalties, and the target."""
+        spec = self.objective
+        target = spec(layer) if callable(spec) else obj.parse_objective(spec, layer=layer)
+        full = target
+        penalties = (
+            (self.tv, obj.total_variation),
+            (self.l1, obj.l1),
+            (self.l2, obj.l2),
+            (self.blur, obj.blur),
+            (self.diversity, lambda: obj.diversity(layer)),
+        )
+        for weight, make in penalties:
+            if weight:
+                full = full - float(weight) * make()
+        return full, target
+
+    def to_json(self, agent: Agent, real_frames: np.ndarray | None) -> dict[str, Any]:
+        """What ``settings.json`` records of every layer (an earlier layer's outputs resume only if it is equal)."""
+        transforms = self.engine.transforms
+        return {
+            "format": SETTINGS_FORMAT,
+            "agent": {"arch": agent.arch.name, "params": agent.params_digest()},
+            "facets": self.facets,
+            "steps": self.steps,
+            "thresholds": sorted({*self.thresholds, self.steps}),
+            "lr": self.lr,
+            "basis": self.basis,
+            "color_matrix": self.matrix.tolist() if self.decorrelate else None,
+            "transforms": dataclasses.asdict(transforms) if transforms is not None else None,
+            "seed": self.seed,
+            "real_frames": array_digest([real_frames]) if real_frames is not None else None,
+            # The frames are part of a context's program (unlike the percentiles' frames), so they are named too.
+            "context": None
+            if self.context is None
+            else dataclasses.asdict(self.context) | {"frames": array_digest([real_frames])},
+        }
 
 
 def visualize_layers(
     agent: Agent,
     layers: Sequence[str] | str,
     channels: str | int | Sequence[int] | None = "all",
+    settings: FeatvizSettings | None = None,
     *,
-    objective: ObjectiveSpec = "channel",
-    facets: int = 1,
-    steps: int = DEFAULT_STEPS,
-    thresholds: Sequence[int] = (),
-    lr: float = DEFAULT_LR,
-    basis: str = "fft",
-    decorrelate: bool = True,
-    color_matrix: np.ndarray | None = None,
-    transforms: tf.Transform | bool | None = True,
-    context: ContextSpec | None = None,
-    tv: float = 0.0,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    blur: float = 0.0,
-    diversity: float = 0.0,
-    seed: int = 0,
     out_dir: str | Path,
     real_frames=None,
-    scale: int = DEFAULT_SCALE,
-    max_images: int | None = None,
     resume: bool = True,
     progress: bool = True,
-    scan: bool = True,
-    compiler_options: tuple[tuple[str, Any], ...] = (),
 ) -> dict[str, Any]:
-    """Visualize ``channels`` of each of ``layers``; write PNGs, a contact sheet and an .npz per layer.
+    """Visualize ``channels`` of each of ``layers`` as ``settings`` say (default `FeatvizSettings()`); write PNGs,
+    a contact sheet and an .npz per layer.
 
-    ``objective`` is a string with ``channel``/``neuron``/``deepdream`` meaning the current layer
-    (``"channel"``, ``"neuron@3,4"``, ``"channel - 1e-3*tv"``) or ``layer -> Objective``; its index runs over
-    ``channels`` (for the logits layer, ``channel`` visualizes actions). Penalty weights ``tv``, ``l1``, ``l2``,
-    ``blur`` and ``diversity`` (between facets) are subtracted from it; values are measured without them.
-    ``color_matrix`` (3×3, e.g. ``param.fit_color_decorrelation`` of the agent's frames) defaults to ImageNet's.
     With ``real_frames`` (uint8 (N, 64, 64, 3)) each layer reports the fraction of channels whose best facet
-    beats the 99th and 99.9th percentile of the objective on real frames. With ``context`` (a `ContextSpec`)
-    each image is a patch optimized inside ``real_frames`` (see `jaxinterp.featviz.context`) over one position's
-    receptive field, in place of a whole image and its ``transforms``; give an objective at that position
-    (``"neuron"`` for the centre, ``"neuron@x,y"`` with ``context.at == (y, x)``).
-
+    beats the 99th and 99.9th percentile of the objective on real frames; a context pastes its patches into them.
     Writes ``out_dir/<layer>/``: ``channel_<c>.png`` (facets side by side, upscaled ``scale``×), ``sheet.png``,
     ``images.npz`` (images (T, C, K, 64, 64, 3) at each kept step, or patches with a context; values (T, C, K),
     losses, channels, thresholds, percentiles) and ``settings.json``, and with a context ``context_<c>.png`` (the
-    patch in the first frames); finished chunks live in ``chunks/`` until the layer is done.
-    Returns ``{"out_dir", "layers": {layer: summary}}``. In a multi-process job every process must call this
-    with the same arguments; process 0 writes (resuming needs ``out_dir`` on storage every process sees).
-    ``max_images``, ``scan`` and ``compiler_options`` are passed to `VisualizeConfig`.
+    patch in the first frames); finished chunks live in ``chunks/`` until the layer is done. ``resume`` False
+    recomputes what exists. Returns ``{"out_dir", "layers": {layer: summary}}``; ``progress`` shows a bar over
+    the channels and each layer's summary line. In a multi-process job every process must call this with the same
+    arguments; process 0 writes (resuming needs ``out_dir`` on storage every process sees).
     """
+    settings = settings if settings is not None else FeatvizSettings()
     if isinstance(layers, str):
         layers = [s.strip() for s in layers.split(",") if s.strip()]
     layers = list(agent.check_layers(layers))
     if not layers:
         raise JaxinterpError("no layers to visualize; pass layer names (see agent.layer_names)")
-    if not (isinstance(scale, int) and scale >= 1):
-        raise JaxinterpError(f"`scale` (={scale!r}) must be an int >= 1")
-    matrix = (
-        param_lib.IMAGENET_COLOR_CORRELATION if color_matrix is None else np.asarray(color_matrix, np.float32)
-    )
-    if matrix.shape != (3, 3):
-        raise JaxinterpError(f"`color_matrix` must be 3×3, got shape {matrix.shape}")
-    if basis not in ("fft", "pixel"):
-        raise JaxinterpError(f"`basis` (={basis!r}) must be 'fft' or 'pixel'")
-    spec = tf.standard_transforms() if transforms is True else (transforms or None)
-    if spec is not None and not isinstance(spec, tf.Transform):
-        raise JaxinterpError(f"`transforms` must be True, False/None or a transforms.Transform, got {spec!r}")
     if real_frames is not None:
         real_frames = np.asarray(check_obs(real_frames))
-    size = param_lib.DEFAULT_SIZE
-    if context is not None:
-        if isinstance(transforms, tf.Transform):
-            raise JaxinterpError(
-                "a context shifts its patch by its own jitter: leave `transforms` at its default"
-            )
-        if real_frames is None:
-            raise JaxinterpError(
-                "a context pastes patches into real frames: pass `real_frames` (the agent's play)"
-            )
-        spec, size = None, context.size
-    image_param = param_lib.image(size, basis=basis, decorrelate=matrix if decorrelate else None)
-    penalties = {"tv": tv, "l1": l1, "l2": l2, "blur": blur, "diversity": diversity}
-    out_dir = Path(out_dir)
-    writer = jax.process_index() == 0
-    key = jax.random.key(seed)
-    common = {
-        "format": SETTINGS_FORMAT,
-        "agent": {"arch": agent.arch.name, "params": agent.params_digest()},
-        "facets": facets,
-        "steps": steps,
-        "thresholds": sorted({*map(int, thresholds), steps}),
-        "lr": lr,
-        "basis": basis,
-        "color_matrix": matrix.tolist() if decorrelate else None,
-        "transforms": dataclasses.asdict(spec) if spec is not None else None,
-        "seed": seed,
-        "real_frames": array_digest([real_frames]) if real_frames is not None else None,
-        # The frames are part of a context's program (unlike the percentiles' frames), so they are named here too.
-        "context": None
-        if context is None
-        else dataclasses.asdict(context) | {"frames": array_digest([real_frames])},
-    }
-
-    base_config = VisualizeConfig(
-        steps=steps,
-        thresholds=tuple(thresholds),
-        facets=facets,
-        lr=lr,
-        param=image_param,
-        transforms=spec,
-        max_images=max_images,
-        scan=scan,
-        compiler_options=tuple(compiler_options),
-    )
-    plans = []
-    for layer in layers:
-        full, target = _objectives(objective, layer, penalties)
-        full.validate(agent)
-        n = full.num_indices(agent)
-        chans = parse_channels(channels, n, f"layer {layer!r}") if n is not None else [0]
-        settings = common | {"layer": layer, "objective": full.description, "measure": target.description}
-        # Through JSON and back (tuples become lists), so it compares equal to what settings.json holds.
-        settings = json.loads(json.dumps(settings))
-        folder = out_dir / report_images.file_stem(layer)
-        config = dataclasses.replace(
-            base_config,
-            measure=target,
-            context=None if context is None else context.build(agent, layer, real_frames),
+    if settings.context is not None and real_frames is None:
+        raise JaxinterpError(
+            "a context pastes patches into real frames: pass `real_frames` (the agent's play)"
         )
-        plans.append(_LayerPlan(layer, full, target, chans, settings, config, folder))
+    out_dir = Path(out_dir)
+    common = settings.to_json(agent, real_frames)
+    plans = [_plan(agent, layer, channels, settings, common, real_frames, out_dir) for layer in layers]
 
-    bar = None
-    if progress and writer:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(len(p.channels) for p in plans), desc="featviz", unit="ch")
+    writer = jax.process_index() == 0
     summary: dict[str, Any] = {"out_dir": str(out_dir), "layers": {}}
-    try:
-        shared = _Shared(agent, key, real_frames, scale, resume, writer, bar)
+    total = sum(len(p.channels) for p in plans)
+    with progress_bar(total, desc="featviz", unit="ch", enabled=progress and writer) as bar:
+        shared = _Shared(
+            agent, jax.random.key(settings.seed), real_frames, settings.scale, resume, writer, bar
+        )
         for plan in plans:
-            summary["layers"][plan.layer] = _one_layer(shared, plan)
-    finally:
-        if bar is not None:
-            bar.close()
-    for layer, s in summary["layers"].items():
-        line = f"{layer}: {len(s['channels'])} channels, mean value {s['mean_value']:.3g}"
-        if s.get("beat_p99") is not None:
-            line += f"; beat real-frame p99 {s['beat_p99']:.0%}, p99.9 {s['beat_p999']:.0%}"
-            if s["nonpositive_p999"]:
-                line += f"; {s['nonpositive_p999']} channels' measure is <= 0 on 99.9% of real frames (easy to beat)"
-        if progress and writer:
-            print(line)
+            layer_summary = summary["layers"][plan.layer] = _one_layer(shared, plan)
+            if progress and writer:
+                bar.write(_summary_line(plan.layer, layer_summary))
     return summary
 
 
@@ -253,55 +238,51 @@ class _Shared(NamedTuple):
 
     agent: Agent
     key: Any
-    real_frames: Any
+    real_frames: np.ndarray | None
     scale: int
     resume: bool
     writer: bool
-    bar: Any
+    bar: tqdm
+
+
+def _plan(
+    agent, layer, channels, settings: FeatvizSettings, common, real_frames, out_dir: Path
+) -> _LayerPlan:
+    """``layer``'s plan, every input checked (nothing is written before all layers' plans are made)."""
+    full, target = settings.objectives(layer)
+    full.validate(agent)
+    n = full.num_indices(agent)
+    chans = parse_channels(channels, n, f"layer {layer!r}") if n is not None else [0]
+    layer_settings = common | {"layer": layer, "objective": full.description, "measure": target.description}
+    # Through JSON and back (tuples become lists), so it compares equal to what settings.json holds.
+    layer_settings = json.loads(json.dumps(layer_settings))
+    context = None if settings.context is None else settings.context.build(agent, layer, real_frames)
+    config = dataclasses.replace(settings.engine, measure=target, context=context)
+    return _LayerPlan(
+        layer, full, target, chans, layer_settings, config, out_dir / report_images.file_stem(layer)
+    )
 
 
 def _one_layer(shared: _Shared, plan: _LayerPlan) -> dict[str, Any]:
-    agent, key, real_frames, scale, resume, writer, bar = shared
-    layer, full, target, chans, settings, config, folder = plan
-    settings_path, final_path = folder / "settings.json", folder / "images.npz"
-    chunk_dir = folder / "chunks"
-    same = resume and settings_path.exists() and json.loads(settings_path.read_text()) == settings
-    done: dict[int, dict[str, np.ndarray]] = {}
-    if same and final_path.exists():
-        with np.load(final_path) as z:
-            if z["channels"].tolist() == chans:
-                if bar is not None:
-                    bar.update(len(chans))
-                return _layer_summary(layer, {k: z[k] for k in z.files}, folder, skipped=True, seconds=0.0)
-            done |= _per_channel(z)  # another channel selection with the same settings: reuse its channels
-    if writer:
-        folder.mkdir(parents=True, exist_ok=True)
-        if (
-            not same
-        ):  # different settings: earlier results are stale (remove them before the new settings land)
-            for old in [final_path, *(chunk_dir.glob("*.npz") if chunk_dir.exists() else ())]:
-                old.unlink(missing_ok=True)
-        write_json(settings_path, settings)
-        chunk_dir.mkdir(exist_ok=True)
-    for path in sorted(chunk_dir.glob("chunk_*.npz")) if (same and chunk_dir.exists()) else ():
-        with np.load(path) as z:
-            done |= _per_channel(z)
+    """Resume what exists, optimize the channels still missing (chunk by chunk), then write the layer's outputs."""
+    folder, chans = plan.folder, plan.channels
+    done, finished = _resume(shared, plan)
+    if finished is not None:
+        shared.bar.update(len(chans))
+        return _layer_summary(plan.layer, finished, folder, skipped=True, seconds=0.0)
     todo = [c for c in chans if c not in done]
-    if bar is not None:
-        bar.update(len(chans) - len(todo))
+    shared.bar.update(len(chans) - len(todo))
 
-    visualize = _visualizer(agent, full, config, settings)
+    visualize = make_visualize(shared.agent, plan.full, plan.config)
     start = time.perf_counter()
-    size = visualize.chunk_channels
-    for s in range(0, len(todo), size):
-        part = todo[s : s + size]
-        r = visualize(key, part)
+    for s in range(0, len(todo), visualize.chunk_channels):
+        part = todo[s : s + visualize.chunk_channels]
+        r = visualize(shared.key, part)
         arrays = {"images": r.images, "values": r.values, "losses": r.losses, "channels": r.channels}
-        if writer:
-            _save_npz(chunk_dir / f"chunk_{part[0]:05d}_{part[-1]:05d}.npz", **arrays)
+        if shared.writer:
+            write_npz(folder / "chunks" / f"chunk_{part[0]:05d}_{part[-1]:05d}.npz", **arrays)
         done |= _per_channel(arrays)
-        if bar is not None:
-            bar.update(len(part))
+        shared.bar.update(len(part))
     seconds = time.perf_counter() - start
 
     arrays = {
@@ -309,22 +290,48 @@ def _one_layer(shared: _Shared, plan: _LayerPlan) -> dict[str, Any]:
         "values": np.stack([done[c]["values"] for c in chans], axis=1),
         "losses": np.stack([done[c]["losses"] for c in chans]),
         "channels": np.asarray(chans, np.int64),
-        "thresholds": np.asarray(config.kept, np.int64),
+        "thresholds": np.asarray(plan.config.kept, np.int64),
     }
-    if real_frames is not None:
-        arrays["percentiles"] = _percentiles(agent, target, chans, real_frames)
+    if shared.real_frames is not None:
+        arrays["percentiles"] = real_percentiles(shared.agent, plan.target, chans, shared.real_frames)
         arrays["percentile_q"] = np.asarray(PERCENTILES, np.float32)
-    if writer:
-        _write_outputs(folder, layer, target, arrays, scale, config.context)
-        _save_npz(final_path, **arrays)
-        for path in chunk_dir.glob("chunk_*.npz"):
+    if shared.writer:
+        _write_outputs(folder, plan.layer, plan.target, arrays, shared.scale, plan.config.context)
+        write_npz(folder / "images.npz", **arrays)
+        for path in (folder / "chunks").glob("chunk_*.npz"):
             path.unlink()
-        if chunk_dir.exists() and not any(chunk_dir.iterdir()):
-            chunk_dir.rmdir()
-    rate = len(todo) * config.steps / seconds if todo and seconds > 0 else None
+        if (folder / "chunks").exists() and not any((folder / "chunks").iterdir()):
+            (folder / "chunks").rmdir()
+    rate = len(todo) * plan.config.steps / seconds if todo and seconds > 0 else None
     return _layer_summary(
-        layer, arrays, folder, skipped=False, seconds=seconds, computed=len(todo), rate=rate
+        plan.layer, arrays, folder, skipped=False, seconds=seconds, computed=len(todo), rate=rate
     )
+
+
+def _resume(shared: _Shared, plan: _LayerPlan) -> tuple[dict[int, dict[str, np.ndarray]], dict | None]:
+    """(the channels already optimized with these settings, the finished layer's arrays if they are all asked for).
+
+    Outputs made with other settings are stale: removed before the new settings land."""
+    folder = plan.folder
+    settings_path, final_path, chunk_dir = folder / "settings.json", folder / "images.npz", folder / "chunks"
+    same = shared.resume and settings_path.exists() and json.loads(settings_path.read_text()) == plan.settings
+    done: dict[int, dict[str, np.ndarray]] = {}
+    if same and final_path.exists():
+        with np.load(final_path) as z:
+            if z["channels"].tolist() == plan.channels:
+                return done, {k: z[k] for k in z.files}
+            done |= _per_channel(z)  # another channel selection with the same settings: reuse its channels
+    if shared.writer:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not same:
+            for old in [final_path, *(chunk_dir.glob("*.npz") if chunk_dir.exists() else ())]:
+                old.unlink(missing_ok=True)
+        write_json(settings_path, plan.settings)
+        chunk_dir.mkdir(exist_ok=True)
+    for path in sorted(chunk_dir.glob("chunk_*.npz")) if (same and chunk_dir.exists()) else ():
+        with np.load(path) as z:
+            done |= _per_channel(z)
+    return done, None
 
 
 def _per_channel(z) -> dict[int, dict[str, np.ndarray]]:
@@ -333,28 +340,6 @@ def _per_channel(z) -> dict[int, dict[str, np.ndarray]]:
         int(c): {"images": z["images"][:, j], "values": z["values"][:, j], "losses": z["losses"][j]}
         for j, c in enumerate(np.asarray(z["channels"]).tolist())
     }
-
-
-_VISUALIZERS: dict[tuple, Any] = {}
-
-
-def _visualizer(agent, full, config, settings):
-    """A visualizer for these settings, reusing a compiled one from an earlier call in this process."""
-    same_program = {k: v for k, v in settings.items() if k not in ("seed", "real_frames")}
-    key = (
-        id(agent),
-        json.dumps(same_program, sort_keys=True),
-        config.max_images,
-        config.scan,
-        config.compiler_options,
-    )
-    hit = _VISUALIZERS.get(key)
-    if hit is None or hit.agent is not agent:
-        hit = make_visualize(agent, full, config)
-        while len(_VISUALIZERS) >= _CACHE_SIZE:
-            _VISUALIZERS.pop(next(iter(_VISUALIZERS)))
-        _VISUALIZERS[key] = hit
-    return hit
 
 
 def _write_outputs(
@@ -388,10 +373,15 @@ def _write_outputs(
     )
 
 
+@jax.jit
+def _paste(context: Context, patches: jax.Array) -> jax.Array:
+    return context.paste(patches)
+
+
 def _in_context(context: Context, images: np.ndarray, frames: int) -> np.ndarray:
     """(C, K, S, S, 3) patches -> (C, K, frames, 64, 64, 3): each in the context's first frames, at its place."""
     c, k = images.shape[:2]
-    pasted = np.asarray(jax.jit(context.paste)(jnp.asarray(images.reshape(c * k, *images.shape[2:]))))
+    pasted = np.asarray(_paste(context, jnp.asarray(images.reshape(c * k, *images.shape[2:]))))
     return pasted.reshape(c, k, -1, *pasted.shape[1:])[:, :, :frames]
 
 
@@ -424,3 +414,15 @@ def _layer_summary(
             "nonpositive_p999": int(np.sum(p[1] <= 0)),
         }
     return out
+
+
+def _summary_line(layer: str, s: dict[str, Any]) -> str:
+    """One line on a finished layer: its channels, mean value and how many images beat real play."""
+    line = f"{layer}: {len(s['channels'])} channels, mean value {s['mean_value']:.3g}"
+    if s.get("beat_p99") is not None:
+        line += f"; beat real-frame p99 {s['beat_p99']:.0%}, p99.9 {s['beat_p999']:.0%}"
+        if s["nonpositive_p999"]:
+            line += (
+                f"; {s['nonpositive_p999']} channels' measure is <= 0 on 99.9% of real frames (easy to beat)"
+            )
+    return line
