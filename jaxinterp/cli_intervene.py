@@ -36,7 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--value", type=float, help="--steer's added value (default: each channel's typical peak)")
     p.add_argument("--levels", type=int, default=64, help="unseen levels every edit plays (default 64)")
     p.add_argument("--seed", type=int, default=0, help="draws the levels and the sampled actions")
-    p.add_argument("--dataset", help="rollout dataset for mean/resample/patch edits (default: the agent's play)")
+    p.add_argument(
+        "--dataset", help="rollout dataset for mean/resample/patch edits (default: the agent's play)"
+    )
     p.add_argument("--sae", help="an SAE directory (SAELens layout) for sae: edits")
     p.add_argument("--greedy", action="store_true", help="argmax actions instead of sampled ones")
     p.add_argument("--max-steps", type=int, help="cut episodes short (default: Heist's 1000-step timeout)")

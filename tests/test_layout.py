@@ -74,7 +74,12 @@ def test_every_package_declares_its_public_api():
         assert not missing, f"{info.name}.__all__ names {missing}, which it does not define"
 
 
-DISTRIBUTIONS = {"PIL": "pillow", "orbax": "orbax-checkpoint", "procgen": "procgen-mirror", "ml_dtypes": "ml-dtypes"}
+DISTRIBUTIONS = {
+    "PIL": "pillow",
+    "orbax": "orbax-checkpoint",
+    "procgen": "procgen-mirror",
+    "ml_dtypes": "ml-dtypes",
+}
 """Import names whose distribution is named otherwise."""
 
 

@@ -127,7 +127,7 @@ def feature_maps(agent: Agent, params, feature: Feature, images: jax.Array) -> t
 def with_params(agent: Agent, params) -> Agent:
     """``agent`` with ``params`` in place of its own (None: ``agent`` itself), for the jitted steps that take the
     agent as their argument."""
-    return agent if params is None else Agent.tree_unflatten(agent.tree_flatten()[1], (params,))
+    return agent if params is None else agent.replace(params)
 
 
 @functools.partial(jax.jit, static_argnames="feature")

@@ -57,6 +57,10 @@ class Agent:
         arch, num_actions, channels = static
         return cls(arch, leaves[0], num_actions=num_actions, channels=channels)
 
+    def replace(self, params: dict) -> Agent:
+        """The same network with ``params`` (e.g. a training run's, or traced ones inside a transformation)."""
+        return Agent.tree_unflatten(self.tree_flatten()[1], (params,))
+
     def __repr__(self) -> str:
         return f"Agent({self.arch.name!r}, num_actions={self.num_actions}, params={self.num_params:,})"
 

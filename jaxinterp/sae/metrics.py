@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import MOVE_OF_ACTION
+from jaxinterp.envs.stream import batches, stream, stream_rows
 from jaxinterp.models.agent import Agent, preprocess
 from jaxinterp.sae import model
 from jaxinterp.sae.files import SAE
@@ -27,11 +28,8 @@ FRAMES_PER_PASS = 64  # frames per spliced forward pass
 
 def encode_in_batches(sae: SAE, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
     """Latents of (S, d_in) samples, in passes of ``batch`` samples."""
-    out = [
-        np.asarray(_encode(sae.arch, sae.params, jnp.asarray(x[i : i + batch]), sae.k))
-        for i in range(0, len(x), batch)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, sae.d_sae), np.float32)
+    out = stream_rows(batches([(x,)], batch, pad=False), lambda xb: _encode(sae.arch, sae.params, xb, sae.k))
+    return np.zeros((0, sae.d_sae), np.float32) if out is None else out
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -49,23 +47,27 @@ def reconstruction(sae: SAE, x: np.ndarray, batch: int = BATCH) -> dict:
     """L0, MSE, pooled FVU, mean cosine similarity and L2 ratio, dead and dense fractions, and each latent's log10
     firing frequency, on samples ``x`` (S, d_in) of raw activations."""
     x = np.asarray(x, np.float32)
-    err2 = dev_cos = 0.0
-    l0 = cos = ratio = 0.0
-    fired = np.zeros(sae.d_sae, np.int64)
     mean = x.mean(0)
-    for i in range(0, len(x), batch):
-        xb = x[i : i + batch]
-        z, xh = (
-            np.asarray(a, np.float64) for a in _reconstruct(sae.arch, sae.params, jnp.asarray(xb), sae.k)
-        )
+
+    def fold(acc, out, batch):
+        (xb,) = batch.arrays
+        z, xh = (np.asarray(a, np.float64) for a in out)
         xb = xb.astype(np.float64)
-        err2 += float(((xb - xh) ** 2).sum())
-        dev_cos += float(((xb - mean) ** 2).sum())
-        l0 += float((z > 0).sum())
         nx, nh = np.linalg.norm(xb, axis=1), np.linalg.norm(xh, axis=1)
-        cos += float((np.sum(xb * xh, 1) / np.maximum(nx * nh, 1e-12)).sum())
-        ratio += float((nh / np.maximum(nx, 1e-12)).sum())
-        fired += (z > 0).sum(0)
+        acc["err2"] += float(((xb - xh) ** 2).sum())
+        acc["dev"] += float(((xb - mean) ** 2).sum())
+        acc["l0"] += float((z > 0).sum())
+        acc["cos"] += float((np.sum(xb * xh, 1) / np.maximum(nx * nh, 1e-12)).sum())
+        acc["ratio"] += float((nh / np.maximum(nx, 1e-12)).sum())
+        acc["fired"] = acc["fired"] + (z > 0).sum(0)
+        return acc
+
+    sums = dict.fromkeys(("err2", "dev", "l0", "cos", "ratio"), 0.0) | {
+        "fired": np.zeros(sae.d_sae, np.int64)
+    }
+    step = lambda _, xb, valid: _reconstruct(sae.arch, sae.params, xb, sae.k)
+    sums = stream(batches([(x,)], batch, pad=False), step, fold=fold, acc=sums).acc
+    err2, dev_cos, l0, cos, ratio, fired = (sums[k] for k in ("err2", "dev", "l0", "cos", "ratio", "fired"))
     n = len(x)
     freq = fired / max(n, 1)
     return {
@@ -89,8 +91,9 @@ def splice(sae: SAE, acts: jax.Array) -> jax.Array:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("agent", "layer", "arch"))
-def _fidelity_pass(agent: Agent, layer: str, arch: str, params, sae_params, k, obs, mean_act):
+@functools.partial(jax.jit, static_argnames=("layer", "arch"))
+def _fidelity_pass(agent: Agent, layer: str, arch: str, sae_params, k, obs, mean_act):
+    params = agent.params
     images = preprocess(obs)
     clean = agent.forward(params, images)
     x = clean[layer]
@@ -119,22 +122,17 @@ def policy_fidelity(agent: Agent, sae: SAE, frames: np.ndarray, mean_act: np.nda
     their argmax flips without any change of behaviour), mean policy KL(clean || spliced), mean |value change|, and
     SAELens' KL score against zero and against mean ablation of the layer (1 = as good as clean, 0 = as bad as the
     ablation). ``mean_act`` is the layer's mean activation per position (for mean ablation)."""
-    sums: dict[str, dict[str, float]] = {}
-    for i in range(0, len(frames), FRAMES_PER_PASS):
-        out = _fidelity_pass(
-            agent,
-            sae.layer,
-            sae.arch,
-            agent.params,
-            sae.params,
-            sae.k,
-            jnp.asarray(frames[i : i + FRAMES_PER_PASS]),
-            jnp.asarray(mean_act),
-        )
+
+    def fold(sums, out, _batch):
         for name, fields in out.items():
             for f, v in fields.items():
                 sums.setdefault(name, {}).setdefault(f, 0.0)
                 sums[name][f] += float(np.sum(np.asarray(v, np.float64)))
+        return sums
+
+    mean_act = jnp.asarray(mean_act)
+    step = lambda _, obs, valid: _fidelity_pass(agent, sae.layer, sae.arch, sae.params, sae.k, obs, mean_act)
+    sums = stream(batches([(frames,)], FRAMES_PER_PASS, pad=False), step, fold=fold, acc={}).acc
     n = len(frames)
     means = {name: {f: v / n for f, v in fields.items()} for name, fields in sums.items()}
     kl = means["sae"]["kl"]
