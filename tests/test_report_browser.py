@@ -79,13 +79,14 @@ class _DevTools:
         self._next_id = 0
         self.events: list[dict] = []
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
-        self._session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        # CDP names an attached target's channel by this protocol field.
+        self._page_id = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 
-    def send(self, method: str, session: bool = False, **params) -> dict:
+    def send(self, method: str, to_page: bool = False, **params) -> dict:
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = self._session
+        if to_page:
+            message["sessionId"] = self._page_id
         os.write(self._to_browser, json.dumps(message).encode() + b"\0")
         while True:
             reply = self._receive()
@@ -96,7 +97,7 @@ class _DevTools:
             self.events.append(reply)
 
     def page(self, method: str, **params) -> dict:
-        return self.send(method, session=True, **params)
+        return self.send(method, to_page=True, **params)
 
     def wait_for(self, event: str) -> dict:
         while True:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.atomic import write_json
 from jaxinterp.errors import JaxinterpError
 
 __all__ = [
@@ -291,7 +292,7 @@ def save_color_stats(path: str | Path, matrix: np.ndarray, mean: np.ndarray) -> 
             f"expected a 3×3 matrix and a 3-vector mean, got {matrix.shape} and {mean.shape}"
         )
     payload = {"format": COLOR_STATS_FORMAT, "matrix": matrix.tolist(), "mean": mean.tolist()}
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+    write_json(path, payload)
 
 
 def load_color_stats(path: str | Path) -> ColorStats:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxinterp import render as images
+from jaxinterp.atomic import atomic_path
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.examples.find import ExamplesResult, save_npz
 from jaxinterp.examples.object_response import objects_at
@@ -301,6 +302,7 @@ def write_spatial(
         "num_frames": np.asarray(result.num_frames),
     }
     arrays |= {"values": result.values, "frames": result.frames, "episodes": result.episodes}
-    np.savez_compressed(out_dir / f"{stem}_spatial.npz", **arrays)
+    with atomic_path(out_dir / f"{stem}_spatial.npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     paths.append(out_dir / f"{stem}_spatial.npz")
     return paths

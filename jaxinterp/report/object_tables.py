@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxinterp import render as images
+from jaxinterp.atomic import write_text
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.examples.object_response import ObjectResponse, save_npz
 
@@ -96,7 +97,7 @@ def write_object_response(result: ObjectResponse, out_dir: str | Path) -> list[P
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "objects.npz", out / "objects.md", out / "objects.png"]
     save_npz(result, paths[0])
-    paths[1].write_text(object_table(result))
+    write_text(paths[1], object_table(result))
     f, k = result.z.shape
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * k, 1.4 + 0.28 * f))
     limit = max(float(np.nanmax(np.abs(result.z))) if np.isfinite(result.z).any() else 1.0, 1.0)
