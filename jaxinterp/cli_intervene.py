@@ -107,7 +107,8 @@ def cmd_intervene(args, agent) -> None:
     print(table_markdown(sweep.rows))
     for row in extra.get("steer", []):
         print(
-            f"{row['edit']}: reached layer position {tuple(row['target'])} in {row['reached_edited']:.0%} of "
-            f"levels (clean {row['reached_clean']:.0%}, McNemar p {row['p']:.3g})"
+            f"{row['edit']}: within a cell of {tuple(row['target'])} in {row['reached_edited']:.0%} of levels "
+            f"(clean {row['reached_clean']:.0%}, p {row['p']:.3g}); closest {row['closest_edited']:.1f} px "
+            f"(clean {row['closest_clean']:.1f}, p {row['closest_p']:.3g})"
         )
     print(f"wrote {out}")

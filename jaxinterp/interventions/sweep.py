@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.interventions.compare import compare, mcnemar_p
+from jaxinterp.interventions.compare import compare, mcnemar_p, permutation_p
 from jaxinterp.interventions.edits import Edit, compile_edits, describe, parse_edits
 from jaxinterp.interventions.play import Levels, Play, make_levels, play
 from jaxinterp.models.agent import Agent, parse_channels
@@ -109,25 +109,33 @@ def steer_edits(
     return [f"{layer}:{c}+={values[c]:.4g}@{at[0]},{at[1]}" for c in chosen]
 
 
-def reach_rate(sweep: Sweep, agent: Agent, layer: str, at: tuple[int, int]) -> list[dict]:
-    """For every edit, how often the agent's path passes over layer position ``at``'s receptive-field centre
-    (within half a layer cell) during its episode, against the clean agent on the same levels."""
+def reach_rate(sweep: Sweep, agent: Agent, layer: str, at: tuple[int, int], *, seed: int = 0) -> list[dict]:
+    """For every edit against the clean agent on the same levels: how often the agent's path passes within one
+    layer cell of layer position ``at``'s receptive-field centre (McNemar), and how close it comes on average
+    (pixels; sign-flip permutation test)."""
     rf = receptive_field(agent, layer)
-    radius = rf.jump / 2
     centre = np.array([rf.center(at[0]), rf.center(at[1])])
-    near = np.nanmin(np.linalg.norm(sweep.play.path - centre, axis=-1), axis=1) <= radius
+    closest = np.nanmin(np.linalg.norm(sweep.play.path - centre, axis=-1), axis=1)
+
+    def per_level(values, e):
+        return values[sweep.which == e][np.argsort(sweep.level_of[sweep.which == e])]
+
+    rng = np.random.default_rng(seed)
+    base = per_level(closest, 0)
     out = []
     for e in range(1, len(sweep.names)):
-        clean = near[(sweep.which == 0)][np.argsort(sweep.level_of[sweep.which == 0])]
-        edited = near[(sweep.which == e)][np.argsort(sweep.level_of[sweep.which == e])]
+        edited = per_level(closest, e)
         out.append(
             {
                 "edit": sweep.names[e],
                 "target": list(at),
                 "target_pixel": centre.tolist(),
-                "reached_clean": float(clean.mean()),
-                "reached_edited": float(edited.mean()),
-                "p": mcnemar_p(clean, edited),
+                "reached_clean": float((base <= rf.jump).mean()),
+                "reached_edited": float((edited <= rf.jump).mean()),
+                "p": mcnemar_p(base <= rf.jump, edited <= rf.jump),
+                "closest_clean": float(base.mean()),
+                "closest_edited": float(edited.mean()),
+                "closest_p": permutation_p(edited - base, rng),
             }
         )
     return out
