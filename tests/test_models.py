@@ -8,9 +8,9 @@ from conftest import needs_torch
 
 import jaxinterp
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.impala import ARCHITECTURES
+from jaxinterp.models.impala import ARCHITECTURES, init_params
 from jaxinterp.models.layers import _conv, conv2d, lp_pool, max_pool
-from jaxinterp.weights.convert import detect, flax_to_torch, init_params, torch_to_flax
+from jaxinterp.weights.convert import detect, flax_to_torch, torch_to_flax
 
 ARCHS = list(ARCHITECTURES)
 

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture
+from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture, init_params
 
 OBS_SHAPE = (64, 64, 3)
 
@@ -43,8 +43,6 @@ class Agent:
         cls, arch: Architecture | str = "impala", seed: int = 0, *, num_actions: int = 15, channels=None
     ) -> Agent:
         """A freshly initialized agent: the untrained control to compare any interpretability result against."""
-        from jaxinterp.weights.convert import init_params
-
         arch = get_architecture(arch) if isinstance(arch, str) else arch
         params = init_params(arch, jax.random.key(seed), **_build_kwargs(num_actions, channels))
         return cls(arch, params, num_actions=num_actions, channels=channels)

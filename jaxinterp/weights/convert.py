@@ -7,16 +7,15 @@ CHW flatten to our HWC flatten.
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.impala import ARCHITECTURES, Architecture, activation_shapes, get_architecture
+from jaxinterp.models.impala import ARCHITECTURES, Architecture, activation_shapes, init_params
 
 _KNOWN = "; ".join(f"{a.name}: {a.description}" for a in ARCHITECTURES.values())
 
@@ -69,20 +68,6 @@ def _shape(state_dict, key, arch):
             f"checkpoint looks like {arch.name!r} but has no {key!r}; known layouts: {_KNOWN}"
         )
     return state_dict[key].shape
-
-
-def init_params(arch: Architecture, key: jax.Array | None = None, **kwargs) -> dict:
-    """Freshly initialized Flax params of ``arch`` (the ``params`` collection)."""
-    key = jax.random.key(0) if key is None else key
-    return _jitted_init(arch, tuple(sorted(kwargs.items())))(key)
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_init(arch: Architecture, kwargs: tuple) -> Callable[[jax.Array], dict]:
-    """``init`` as one compiled program: run eagerly it compiled ~130 small ops one by one, 4 s of every command
-    that loads a training run on the 2-core CPU (twice), against one compile that the on-disk cache keeps."""
-    module = arch.build(**dict(kwargs))
-    return jax.jit(lambda key: module.init(key, jnp.zeros((1, 64, 64, 3), jnp.float32))["params"])
 
 
 def _flatten_input_shape(arch: Architecture, **kwargs) -> tuple[int, int, int]:
@@ -142,4 +127,4 @@ def torch_order(arch: Architecture, **kwargs) -> list[str]:
     return list(dict.fromkeys(k.rsplit(".", 1)[0] for k in torch_shapes(arch, **kwargs)))
 
 
-__all__ = ["detect", "flax_to_torch", "get_architecture", "init_params", "torch_shapes", "torch_to_flax"]
+__all__ = ["detect", "flax_to_torch", "torch_order", "torch_shapes", "torch_to_flax"]
