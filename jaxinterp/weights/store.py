@@ -11,10 +11,23 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxinterp.atomic import atomic_path, write_text
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
 from jaxinterp.weights.convert import detect, flax_to_torch, torch_to_flax
 from jaxinterp.weights.torch_pickle import read_torch_file, write_torch_file
+from jaxinterp.weights.training_run import is_run_dir, load_run_agent
+
+__all__ = [
+    "DEFAULT_AGENT_NAME",
+    "FORMATS",
+    "agent_from_state_dict",
+    "default_checkpoint",
+    "load_agent",
+    "read_state_dict",
+    "save_agent",
+    "weights_dir",
+]
 
 TORCH_SUFFIXES = (".pt", ".pth")
 ORBAX_META = "jaxinterp.json"  # marks an orbax directory as one of ours and says which architecture it holds
@@ -49,11 +62,7 @@ def load_agent(path: str | Path) -> Agent:
     architecture and number of actions are read from the weights."""
     path = Path(path)
     if path.is_dir():
-        if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-            from jaxinterp.rl.train import load_run_agent  # the trainer imports procgen: only when needed
-
-            return load_run_agent(path)[0]
-        return _load_orbax(path)
+        return load_run_agent(path)[0] if is_run_dir(path) else _load_orbax(path)
     return agent_from_state_dict(read_state_dict(path))
 
 
@@ -72,7 +81,8 @@ def save_agent(agent: Agent, path: str | Path) -> Path:
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
-            save_file(state_dict, path, metadata={"architecture": agent.arch.name})
+            with atomic_path(path) as tmp:
+                save_file(state_dict, tmp, metadata={"architecture": agent.arch.name})
         else:
             write_torch_file(path, state_dict)
         return path
@@ -89,7 +99,7 @@ def save_agent(agent: Agent, path: str | Path) -> Path:
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(path / "params", jax.tree.map(np.asarray, agent.params), force=True)
     meta = {"architecture": agent.arch.name, **agent.build_kwargs}
-    (path / ORBAX_META).write_text(json.dumps(meta, indent=2))
+    write_text(path / ORBAX_META, json.dumps(meta, indent=2))
     return path
 
 

@@ -20,7 +20,10 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jaxinterp.atomic import atomic_path
 from jaxinterp.errors import JaxinterpError
+
+__all__ = ["read_torch_file", "write_torch_file"]
 
 # (torch dtype name, the legacy storage class that holds it or None, numpy dtype). Dtypes without a legacy
 # storage class are saved by torch as raw bytes (UntypedStorage) with ``_rebuild_tensor_v3`` naming the dtype.
@@ -402,7 +405,8 @@ def write_torch_file(path: str | Path, state_dict: Mapping[str, ArrayLike]) -> N
         # torch stores little-endian bytes whatever the machine
         records.append((f"data/{index}", (array.byteswap() if sys.byteorder == "big" else array).tobytes()))
     records.append(("version", b"3\n"))
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+    # The records sit in a folder named after the file, as torch names it: the final name, not the temporary one.
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for name, data in records:
             _write_aligned(zf, f"{path.stem}/{name}", data)
 
