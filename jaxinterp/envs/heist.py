@@ -16,6 +16,18 @@ import numpy as np
 
 from jaxinterp.errors import JaxinterpError
 
+__all__ = [
+    "DISTRIBUTION_MODES",
+    "MOVE_OF_ACTION",
+    "NUM_ACTIONS",
+    "SUCCESS_REWARD",
+    "EpisodeSummary",
+    "Episodes",
+    "HeistConfig",
+    "HeistEnv",
+    "HeistState",
+]
+
 NUM_ACTIONS = 15
 MOVE_OF_ACTION = (0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 4, 4, 4, 4, 4)
 """What each of the 15 actions does in Heist: actions 0-8 are the eight moves and standing still (4); Heist ignores

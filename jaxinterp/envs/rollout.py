@@ -7,6 +7,7 @@ env state is saved with every chunk, so stopping and continuing gives the same d
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -22,7 +23,12 @@ from tqdm.auto import tqdm
 
 from jaxinterp.envs.dataset import META_FILE, Dataset, DatasetWriter
 from jaxinterp.envs.heist import NUM_ACTIONS, Episodes, HeistConfig, HeistEnv
+from jaxinterp.envs.stepping import Step, keyed, step_policy
 from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import Agent, in_device_passes, preprocess
+from jaxinterp.progress import bar as progress_bar
+
+__all__ = ["Policy", "agent_policy", "collect", "random_policy"]
 
 # policy(key, obs uint8 (N, 64, 64, 3)) -> (actions (N,) int, {layer name: activations (N, ...)}).
 # It may carry a `description` string attribute, recorded in meta.json and checked on resume.
@@ -37,15 +43,17 @@ def random_policy(num_actions: int = NUM_ACTIONS) -> Policy:
         or not 1 <= num_actions <= NUM_ACTIONS
     ):
         raise JaxinterpError(f"num_actions (={num_actions!r}) must be an int in [1, {NUM_ACTIONS}]")
-    sample = jax.jit(
-        lambda key, n: jax.random.randint(key, (n,), 0, num_actions, dtype=jnp.int32), static_argnums=1
-    )
 
     def policy(key: jax.Array, obs: np.ndarray) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return sample(key, obs.shape[0]), {}
+        return _random_actions(key, n=obs.shape[0], num_actions=num_actions), {}
 
     policy.description = f"random_policy(num_actions={num_actions})"
     return policy
+
+
+@functools.partial(jax.jit, static_argnames=("n", "num_actions"))
+def _random_actions(key: jax.Array, *, n: int, num_actions: int) -> jax.Array:
+    return jax.random.randint(key, (n,), 0, num_actions, dtype=jnp.int32)
 
 
 def _describe(policy: Policy) -> str:
@@ -158,44 +166,23 @@ def _run(
     state = writer.resume_state()
     if state is not None:
         env.set_state(state)
-    key = jax.random.key(seed)
     buffer: list[dict[str, np.ndarray]] = []  # steps since the last chunk
     finished: list[Episodes] = []
-    bar = tqdm(
-        total=total_steps * n, initial=env.steps * n, unit="frame", unit_scale=True, disable=not progress
-    )
+    bar = progress_bar(total_steps * n, desc="collect", unit="frame", enabled=progress, initial=env.steps * n)
 
     def write_chunk() -> None:
         writer.append(_to_rows(buffer), env.get_state())
         buffer.clear()
-        finished.append(env.pop_episodes())
         bar.set_postfix_str(str(Episodes.concatenate(finished).summary()), refresh=False)
 
     try:
         with _deferred_sigint() as interrupted:
-            obs = env.observe()
-            while env.steps < total_steps:
-                actions, activations = policy(jax.random.fold_in(key, env.steps), obs)
-                missing = [layer for layer in layers if layer not in activations]
-                if missing:
-                    raise JaxinterpError(
-                        f"policy returned no activations for layers {missing}; it returns {sorted(activations)}"
-                    )
-                row = {
-                    "frames": obs,
-                    "actions": np.asarray(actions),
-                    "episode_ids": env.episode_id.copy(),
-                    "level_seeds": env.level_seed.copy(),
-                    "objects": env.object_maps(),
-                    **{layer: np.asarray(activations[layer], np.float32) for layer in layers},
-                }
-                for layer in layers:
-                    if row[layer].shape[:1] != (n,):
-                        raise JaxinterpError(
-                            f"activations of {layer!r} have shape {row[layer].shape}; expected ({n}, ...)"
-                        )
-                obs, row["rewards"], row["dones"], _ = env.step(row["actions"])
-                buffer.append(row)
+            played = step_policy(
+                env, keyed(policy, jax.random.key(seed)), steps=total_steps - env.steps, objects=True
+            )
+            for step in played:
+                buffer.append(_row(step, layers, n))
+                finished.append(step.episodes)
                 bar.update(n)
                 if len(buffer) == chunk_steps:
                     write_chunk()
@@ -217,21 +204,47 @@ def _run(
         env.close()
 
 
-def agent_policy(agent, *, greedy: bool = False, layers: Sequence[str] = ()) -> Policy:
-    """An agent's policy: actions sampled from its logits (or the argmax), plus the named activations."""
-    from jaxinterp.models.agent import in_device_passes, preprocess
+def _row(step: Step, layers: tuple[str, ...], n: int) -> dict[str, np.ndarray]:
+    """A step's dataset row: the frames and what the policy did there, with the named activations."""
+    missing = [layer for layer in layers if layer not in step.output]
+    if missing:
+        raise JaxinterpError(
+            f"policy returned no activations for layers {missing}; it returns {sorted(step.output)}"
+        )
+    row = {
+        "frames": step.obs,
+        "actions": step.actions,
+        "episode_ids": step.episode_id,
+        "level_seeds": step.level_seed,
+        "objects": step.objects,
+        **{layer: np.asarray(step.output[layer], np.float32) for layer in layers},
+        "rewards": step.reward,
+        "dones": step.done,
+    }
+    for layer in layers:
+        if row[layer].shape[:1] != (n,):
+            raise JaxinterpError(
+                f"activations of {layer!r} have shape {row[layer].shape}; expected ({n}, ...)"
+            )
+    return row
 
+
+def agent_policy(agent: Agent, *, greedy: bool = False, layers: Sequence[str] = ()) -> Policy:
+    """An agent's policy: actions sampled from its logits (or the argmax), plus the named activations."""
     layers = agent.check_layers(layers)
 
-    @jax.jit
-    def act(params, key, obs):
-        acts = in_device_passes(lambda p, o: agent.forward(p, preprocess(o)), params, obs)
-        logits = acts[agent.arch.logits]
-        action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(key, logits)
-        return action.astype(jnp.int32), {n: acts[n] for n in layers}
-
     def policy(key: jax.Array, obs: np.ndarray) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return act(agent.params, key, obs)
+        return _agent_act(agent, key, obs, greedy=greedy, layers=layers)
 
     policy.description = f"{agent.arch.name} agent ({'greedy' if greedy else 'sampled'})"
     return policy
+
+
+@functools.partial(jax.jit, static_argnames=("greedy", "layers"))
+def _agent_act(
+    agent: Agent, key: jax.Array, obs: jax.Array, *, greedy: bool, layers: tuple[str, ...]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    acts = in_device_passes(lambda p, o: agent.forward(p, preprocess(o)), agent.params, obs)
+    logits = acts[agent.arch.logits]
+    action = jnp.argmax(logits, -1) if greedy else jax.random.categorical(key, logits)
+    return action.astype(jnp.int32), {n: acts[n] for n in layers}
