@@ -9,8 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tqdm import tqdm
 
+from jaxinterp.envs.heist import HeistEnv
 from jaxinterp.errors import JaxinterpError
+from jaxinterp.rl import ppo as ppo_module
 from jaxinterp.rl import train as train_module
 from jaxinterp.rl.ppo import (
     PPOConfig,
@@ -20,7 +23,9 @@ from jaxinterp.rl.ppo import (
     make_train,
     minibatch_data,
 )
-from jaxinterp.rl.train import _Checkpoints, load_run_agent, train
+from jaxinterp.rl.train import heist_config, rollout, train
+from jaxinterp.weights.store import load_agent
+from jaxinterp.weights.training_run import load_run_agent, with_latest
 
 TINY = PPOConfig(num_envs=2, num_steps=8, num_minibatches=2, update_epochs=2)
 
@@ -190,12 +195,12 @@ def test_a_second_signal_waits_for_the_last_save(tmp_path, monkeypatch):
     """SIGTERM stops a run at the end of an iteration; another signal during the final save (`uv run` forwards the
     SIGTERM that `pkill -f` also sent to python; a second Ctrl-C) must not cut the save short."""
     trainer = make_train(TINY)
-    real_save, saved, updates = _Checkpoints.save, [], []
+    real_save, saved, updates = train_module._save_checkpoint, [], []
 
-    def save(self, *args):
+    def save(*args):
         os.kill(os.getpid(), signal.SIGTERM)  # unshielded, the default action kills the process mid-save
         os.kill(os.getpid(), signal.SIGINT)
-        saved.append(real_save(self, *args))
+        saved.append(real_save(*args))
         return saved[-1]
 
     def update(*args):
@@ -206,15 +211,15 @@ def test_a_second_signal_waits_for_the_last_save(tmp_path, monkeypatch):
 
     closes = []
 
-    class Bar(train_module.tqdm):
+    class Bar(tqdm):
         def close(self):
             closes.append(1)
             if len(closes) == 1:  # the second signal as the loop winds down; tqdm closes again when collected
                 os.kill(os.getpid(), signal.SIGTERM)
             super().close()
 
-    monkeypatch.setattr(_Checkpoints, "save", save)
-    monkeypatch.setattr(train_module, "tqdm", Bar)
+    monkeypatch.setattr(train_module, "_save_checkpoint", save)
+    monkeypatch.setattr(train_module, "progress_bar", lambda total, **kw: Bar(total=total, disable=True))
     monkeypatch.setattr(train_module, "make_train", lambda config: trainer._replace(update=update))
     state = train(TINY, tmp_path, frames=10 * TINY.frames_per_iteration, seed=3, progress=False)
     # The signal came inside the second update: the run stops with the first iteration, and saves it whole.
@@ -226,26 +231,27 @@ def test_a_second_signal_waits_for_the_last_save(tmp_path, monkeypatch):
 
 def test_reading_the_latest_checkpoint_survives_its_rotation(tmp_path):
     """A training run deletes older checkpoints as it saves; a reader whose checkpoint vanishes reads the new one."""
-    ckpts = _Checkpoints(tmp_path)
-    (ckpts.dir / "iter_000001").mkdir(parents=True)
+    folder = tmp_path / "checkpoints"
+    (folder / "iter_000001").mkdir(parents=True)
+    (folder / "iter_000003.partial").mkdir()  # a checkpoint being written is not one yet
     read = []
 
     def use(path):
         read.append(path.name)
         if path.name == "iter_000001":  # meanwhile the trainer saves iter 2 and deletes iter 1
-            (ckpts.dir / "iter_000002").mkdir()
+            (folder / "iter_000002").mkdir()
             path.rmdir()
             raise FileNotFoundError(path)
         return path.name
 
-    assert ckpts.with_latest(use) == "iter_000002" and read == ["iter_000001", "iter_000002"]
+    assert with_latest(tmp_path, use) == "iter_000002" and read == ["iter_000001", "iter_000002"]
 
     def broken(path):
         raise ValueError("corrupt")
 
     with pytest.raises(ValueError, match="corrupt"):  # a checkpoint that is still there failed on its own
-        ckpts.with_latest(broken)
-    assert _Checkpoints(tmp_path / "empty").with_latest(use) is None
+        with_latest(tmp_path, broken)
+    assert with_latest(tmp_path / "empty", use) is None
 
 
 def test_a_forked_run_starts_from_its_source_with_another_config(tmp_path):
@@ -285,3 +291,65 @@ def test_a_forked_run_starts_from_its_source_with_another_config(tmp_path):
             progress=False,
             init_from=source,
         )
+
+
+def _old_rollout(trainer, state, env, obs):
+    """PPO's rollout as it was written before `step_policy`: its own stepping loop, a key split off per step."""
+    cfg = trainer.config
+    key = jax.random.wrap_key_data(state.key)
+    normalizer, steps = state.normalizer, []
+    for _ in range(cfg.num_steps):
+        key, k = jax.random.split(key)
+        action, logp, value = trainer.policy_step(state.params, obs, k)
+        next_obs, reward, done, _ = env.step(np.asarray(action))
+        if cfg.normalize_rewards:
+            normalizer, reward = normalizer.update(reward, done, cfg.gamma)
+        steps.append(Transition(obs, action, logp, value, reward, done))
+        obs = next_obs
+    key, k = jax.random.split(key)
+    last_value = trainer.policy_step(state.params, obs, k)[2]
+    traj = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *steps)
+    return state._replace(key=jax.random.key_data(key), normalizer=normalizer), traj, last_value, obs
+
+
+def test_rollout_is_the_previous_per_step_loop():
+    """Bit for bit, twice in a row (the envs and the key carry over): a run resumes exactly across the change."""
+    trainer = make_train(TINY)
+    state = trainer.init(jax.random.key(4))
+    envs = [HeistEnv(heist_config(TINY, 1)) for _ in range(2)]
+    new, old = (state, envs[0].observe()), (state, envs[1].observe())
+    for _ in range(2):
+        *out_new, episodes = rollout(trainer, *new[:1], envs[0], new[1])
+        out_old = _old_rollout(trainer, *old[:1], envs[1], old[1])
+        jax.tree.map(np.testing.assert_array_equal, tuple(out_new), tuple(out_old))
+        ended = envs[1].pop_episodes()
+        jax.tree.map(np.testing.assert_array_equal, tuple(episodes), tuple(ended))
+        new, old = (out_new[0], out_new[3]), (out_old[0], out_old[3])
+    jax.tree.map(np.testing.assert_array_equal, envs[0].get_state(), envs[1].get_state())
+    for env in envs:
+        env.close()
+
+
+def test_a_run_loads_without_its_trainer(tmp_path, monkeypatch):
+    """Loading reads the params from the checkpoint: no trainer, no device mesh, so a run trained on 2 devices
+    loads on 1."""
+    state = train(TINY, tmp_path, frames=TINY.frames_per_iteration, seed=3, progress=False)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["ppo"]["devices"] = 2  # more than this process has: building its trainer would fail
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+
+    def no_trainer(config):
+        raise AssertionError("loading a run built a trainer")
+
+    monkeypatch.setattr(ppo_module, "make_train", no_trainer)
+    monkeypatch.setattr(train_module, "make_train", no_trainer)
+    agent, loaded = load_run_agent(tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, agent.params, jax.tree.map(np.asarray, state.params))
+    assert (loaded["frames"], loaded["iteration"], agent.num_actions) == (16, 1, 15)
+    jax.tree.map(np.testing.assert_array_equal, load_agent(tmp_path).params, agent.params)
+    (tmp_path / "new").mkdir()
+    with pytest.raises(JaxinterpError, match="not a training run"):
+        load_run_agent(tmp_path / "new")
+    (tmp_path / "new" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(JaxinterpError, match="no checkpoint yet"):
+        load_run_agent(tmp_path / "new")

@@ -12,11 +12,22 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxinterp.envs.heist import HeistConfig, HeistEnv
 from jaxinterp.envs.rollout import Policy, agent_policy, random_policy
+from jaxinterp.envs.stepping import keyed, step_policy
 from jaxinterp.errors import JaxinterpError
+from jaxinterp.models.agent import Agent
+from jaxinterp.progress import bar as progress_bar
+
+__all__ = [
+    "UNSEEN_NUM_LEVELS",
+    "UNSEEN_START_LEVEL",
+    "Evaluation",
+    "evaluate",
+    "level_config",
+    "run_episodes",
+]
 
 # "unseen" levels: a fixed block of level seeds far from procgen's usual training ranges (start_level 0). An agent
 # trained on unbounded levels draws from all 2^31 seeds, so it has met a vanishing fraction of these.
@@ -66,39 +77,27 @@ def run_episodes(
         raise JaxinterpError(f"--episodes must be >= 1, got {episodes}")
     per_env = math.ceil(episodes / config.num_envs)
     env = HeistEnv(config)
-    obs = env.observe()
-    key = jax.random.key(seed)
-    done_count = np.zeros(config.num_envs, int)
-    returns = [[] for _ in range(config.num_envs)]
-    successes = [[] for _ in range(config.num_envs)]
-    lengths = [[] for _ in range(config.num_envs)]
-    bar = tqdm(total=per_env * config.num_envs, unit="episode", disable=not progress, desc=desc)
-    t = 0
-    while (done_count < per_env).any():
-        actions, _ = policy(jax.random.fold_in(key, t), obs)
-        obs, _, _, _ = env.step(np.asarray(actions))
-        t += 1
-        finished = env.pop_episodes()
-        for i, r, s, n in zip(finished.env, finished.episode_return, finished.success, finished.length):
-            if done_count[i] < per_env:
-                returns[i].append(float(r))
-                successes[i].append(bool(s))
-                lengths[i].append(int(n))
-                done_count[i] += 1
-                bar.update(1)
-    bar.close()
+    # Each env's first `per_env` episodes, as (return, success, length) in the order it played them.
+    played: list[list[tuple[float, bool, int]]] = [[] for _ in range(config.num_envs)]
+    with progress_bar(per_env * config.num_envs, desc=desc, unit="episode", enabled=progress) as bar:
+        for step in step_policy(env, keyed(policy, jax.random.key(seed))):
+            ended = step.episodes
+            for i, r, s, n in zip(ended.env, ended.episode_return, ended.success, ended.length, strict=True):
+                if len(played[i]) < per_env:
+                    played[i].append((float(r), bool(s), int(n)))
+                    bar.update(1)
+            if all(len(p) == per_env for p in played):
+                break
     env.close()
     # Exactly `episodes`: the k-th episode of every env before any env's (k+1)-th.
-    order = [(k, i) for k in range(per_env) for i in range(config.num_envs)][:episodes]
-    r = np.array([returns[i][k] for k, i in order])
-    s = np.array([successes[i][k] for k, i in order], float)
-    n = np.array([lengths[i][k] for k, i in order])
+    order = [played[i][k] for k in range(per_env) for i in range(config.num_envs)][:episodes]
+    r, s, n = (np.array(column, float) for column in zip(*order, strict=True))
     sem = lambda x: Z_95 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
     return Evaluation(len(r), float(r.mean()), float(sem(r)), float(s.mean()), float(sem(s)), float(n.mean()))
 
 
 def evaluate(
-    agent,
+    agent: Agent,
     *,
     episodes: int = 1000,
     levels: str = "unseen",

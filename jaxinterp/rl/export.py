@@ -12,24 +12,27 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxinterp.atomic import write_text
 from jaxinterp.envs.heist import HeistEnv
 from jaxinterp.envs.rollout import agent_policy
+from jaxinterp.envs.stepping import keyed, step_policy
 from jaxinterp.featviz.param import fit_color_stats, save_color_stats
+from jaxinterp.models.agent import Agent
 from jaxinterp.rl.evaluate import evaluate, level_config
 from jaxinterp.rl.ppo import PPOConfig
-from jaxinterp.rl.train import load_run_agent
 from jaxinterp.weights.store import save_agent
+from jaxinterp.weights.training_run import load_run_agent
+
+__all__ = ["COLOR_FRAMES", "agent_frames", "export_agent", "model_card_markdown", "train_command"]
 
 COLOR_FRAMES = 4096  # frames of the agent's own play used to fit the colour decorrelation
 
 
-def agent_frames(agent, frames: int, *, seed: int = 0, num_envs: int = 64) -> np.ndarray:
+def agent_frames(agent: Agent, frames: int, *, seed: int = 0, num_envs: int = 64) -> np.ndarray:
     """uint8 frames of ``agent`` playing unseen Heist levels (sampled actions)."""
     env = HeistEnv(level_config("unseen", num_envs=num_envs, seed=seed))
-    policy, key, obs, out = agent_policy(agent), jax.random.key(seed), env.observe(), []
-    for t in range(-(-frames // num_envs)):
-        out.append(obs)
-        obs = env.step(np.asarray(policy(jax.random.fold_in(key, t), obs)[0]))[0]
+    policy = keyed(agent_policy(agent), jax.random.key(seed))
+    out = [step.obs for step in step_policy(env, policy, steps=-(-frames // num_envs))]
     env.close()
     return np.concatenate(out)[:frames]
 
@@ -67,8 +70,8 @@ def export_agent(
         },
         "color_stats": {"matrix": stats.matrix.tolist(), "mean": stats.mean.tolist(), "frames": COLOR_FRAMES},
     }
-    stem.with_suffix(".card.json").write_text(json.dumps(card, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(model_card_markdown(card, results))
+    write_text(stem.with_suffix(".card.json"), json.dumps(card, indent=2) + "\n")
+    write_text(stem.with_suffix(".md"), model_card_markdown(card, results))
     return card
 
 

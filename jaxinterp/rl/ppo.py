@@ -18,10 +18,23 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from jaxinterp.envs.heist import NUM_ACTIONS
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import DATA, Agent, data_mesh, in_device_passes, pass_size, shard_rows
-from jaxinterp.models.impala import get_architecture
-from jaxinterp.weights.convert import init_params
+from jaxinterp.models.impala import Architecture, get_architecture, init_params
+
+__all__ = [
+    "COMPUTE_ONLY",
+    "PPOConfig",
+    "RewardNormalizer",
+    "TrainState",
+    "Trainer",
+    "Transition",
+    "compute_gae",
+    "make_train",
+    "minibatch_data",
+    "ppo_loss",
+]
 
 COMPUTE_ONLY = ("microbatch_size", "devices")  # config fields that change speed but not the training math
 
@@ -192,102 +205,120 @@ class Trainer(NamedTuple):
 def make_train(config: PPOConfig) -> Trainer:
     """Build the jitted policy step and update for ``config`` (purejaxrl's ``make_train``, host-stepped env).
 
-    Cached per config, so resuming or evaluating in the same process does not compile again.
+    Cached per config value (a frozen dataclass, so equal configs hit the same entry): the trainer's jitted
+    functions close over the config, and resuming or evaluating in the same process does not compile them again.
     """
     arch = get_architecture(config.arch)
-    num_actions = 15
-    agent = Agent.random(arch, num_actions=num_actions)
+    agent = Agent.random(arch, num_actions=NUM_ACTIONS)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr, eps=1e-5))
+    update_mesh = data_mesh(config.microbatches, config.devices, "micro-batches per minibatch")
+    loss = functools.partial(ppo_loss, config, agent)
+    minibatch_step = functools.partial(_minibatch_step, config, loss, optimizer, update_mesh)
+    return Trainer(
+        config,
+        agent,
+        optimizer,
+        init=functools.partial(_init, config, arch, optimizer),
+        policy_step=jax.jit(functools.partial(_policy_step, config, agent)),
+        loss=loss,
+        minibatch_step=minibatch_step,
+        update=jax.jit(functools.partial(_update, config, minibatch_step)),
+        devices=tuple(update_mesh.devices.flat),
+    )
+
+
+def _init(config: PPOConfig, arch: Architecture, optimizer: optax.GradientTransformation, key: jax.Array):
+    """A fresh `TrainState`: initial params, optimizer and reward normalizer, and the key the run goes on with."""
+    k_init, k_run = jax.random.split(key)
+    params = init_params(arch, k_init, num_actions=NUM_ACTIONS)
+    return TrainState(
+        params,
+        optimizer.init(params),
+        jax.random.key_data(k_run),
+        RewardNormalizer.create(config.num_envs),
+        np.zeros((), np.int64),
+        np.zeros((), np.int64),
+    )
+
+
+def _policy_step(config: PPOConfig, agent: Agent, params, obs: jax.Array, key: jax.Array):
+    """(action, its log-probability, value) for every env's frame, actions sampled from the logits."""
+    logits, value = in_device_passes(agent.apply, params, obs, config.microbatch_size, config.devices)
+    action = jax.random.categorical(key, logits)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
+    return action, logp, value
+
+
+def ppo_loss(config: PPOConfig, agent: Agent, params, mb: dict[str, jax.Array]):
+    """PPO's clipped objective on a minibatch whose advantages are already normalized: (loss, metrics)."""
+    logits, value = agent.apply(params, mb["obs"])
+    logp_all = jax.nn.log_softmax(logits)
+    logp = jnp.take_along_axis(logp_all, mb["action"][:, None], 1)[:, 0]
+    ratio = jnp.exp(logp - mb["logp"])
+    adv = mb["adv"]  # normalized over the whole minibatch by minibatch_step
+    pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * adv).mean()
+    # Clipped value loss, as in the procgen baseline (PPO2).
+    v_clip = mb["value"] + jnp.clip(value - mb["value"], -config.clip_eps, config.clip_eps)
+    v_loss = 0.5 * jnp.maximum((value - mb["ret"]) ** 2, (v_clip - mb["ret"]) ** 2).mean()
+    entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
+    total = pg + config.vf_coef * v_loss - config.ent_coef * entropy
+    metrics = {
+        "policy_loss": pg,
+        "value_loss": v_loss,
+        "entropy": entropy,
+        "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
+        "clip_fraction": (jnp.abs(ratio - 1) > config.clip_eps).mean(),
+    }
+    return total, metrics
+
+
+def _minibatch_step(config: PPOConfig, loss: Callable, optimizer, update_mesh, params, opt_state, mb):
+    """One optimizer step on a minibatch: advantages normalized over it, the gradient accumulated over its passes."""
+    mb = {**mb, "adv": (mb["adv"] - mb["adv"].mean()) / (mb["adv"].std() + 1e-8)}
+
+    # Equal-sized micro-batches, shared out over the devices: the mean of their mean-loss gradients is the
+    # minibatch's gradient.
+    def device_share(params, rows):
+        def micro(acc, m):
+            g, metrics = jax.grad(loss, has_aux=True)(params, m)
+            return jax.tree.map(jnp.add, acc, g), metrics
+
+        passes = config.microbatches // update_mesh.size
+        split = jax.tree.map(lambda x: x.reshape(passes, -1, *x.shape[1:]), rows)
+        grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), split)
+        grads = jax.tree.map(lambda g: jax.lax.psum(g, DATA) / config.microbatches, grads)
+        return grads, jax.tree.map(lambda m: jax.lax.pmean(m.mean(), DATA), metrics)
+
+    grads, metrics = shard_rows(device_share, update_mesh, P())(params, mb)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+
+def _update(config: PPOConfig, minibatch_step: Callable, state: TrainState, traj: Transition, last_value):
+    """GAE over the rollout, then ``update_epochs`` passes over it in shuffled minibatches: (state, metrics)."""
     batch = config.frames_per_iteration
     mb_size = batch // config.num_minibatches
-    update_mesh = data_mesh(config.microbatches, config.devices, "micro-batches per minibatch")
+    adv, ret = compute_gae(traj, last_value, config.gamma, config.gae_lambda)
+    flat = minibatch_data(traj, adv, ret)
+    key, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
 
-    def init(key: jax.Array) -> TrainState:
-        k_init, k_run = jax.random.split(key)
-        params = init_params(arch, k_init, num_actions=num_actions)
-        return TrainState(
-            params,
-            optimizer.init(params),
-            jax.random.key_data(k_run),
-            RewardNormalizer.create(config.num_envs),
-            np.zeros((), np.int64),
-            np.zeros((), np.int64),
-        )
+    def epoch(carry, k):
+        perm = jax.random.permutation(k, batch).reshape(config.num_minibatches, mb_size)
 
-    @jax.jit
-    def policy_step(params, obs, key):
-        logits, value = in_device_passes(agent.apply, params, obs, config.microbatch_size, config.devices)
-        action = jax.random.categorical(key, logits)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
-        return action, logp, value
+        def mb_body(carry, idx):
+            params, opt_state = carry
+            params, opt_state, metrics = minibatch_step(
+                params, opt_state, jax.tree.map(lambda x: x[idx], flat)
+            )
+            return (params, opt_state), metrics
 
-    def loss(params, mb):
-        logits, value = agent.apply(params, mb["obs"])
-        logp_all = jax.nn.log_softmax(logits)
-        logp = jnp.take_along_axis(logp_all, mb["action"][:, None], 1)[:, 0]
-        ratio = jnp.exp(logp - mb["logp"])
-        adv = mb["adv"]  # normalized over the whole minibatch by minibatch_step
-        pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * adv).mean()
-        # Clipped value loss, as in the procgen baseline (PPO2).
-        v_clip = mb["value"] + jnp.clip(value - mb["value"], -config.clip_eps, config.clip_eps)
-        v_loss = 0.5 * jnp.maximum((value - mb["ret"]) ** 2, (v_clip - mb["ret"]) ** 2).mean()
-        entropy = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
-        total = pg + config.vf_coef * v_loss - config.ent_coef * entropy
-        metrics = {
-            "policy_loss": pg,
-            "value_loss": v_loss,
-            "entropy": entropy,
-            "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
-            "clip_fraction": (jnp.abs(ratio - 1) > config.clip_eps).mean(),
-        }
-        return total, metrics
+        return jax.lax.scan(mb_body, carry, perm)
 
-    def minibatch_step(params, opt_state, mb):
-        mb = {**mb, "adv": (mb["adv"] - mb["adv"].mean()) / (mb["adv"].std() + 1e-8)}
-
-        # Equal-sized micro-batches, shared out over the devices: the mean of their mean-loss gradients is the
-        # minibatch's gradient.
-        def device_share(params, rows):
-            def micro(acc, m):
-                g, metrics = jax.grad(loss, has_aux=True)(params, m)
-                return jax.tree.map(jnp.add, acc, g), metrics
-
-            passes = config.microbatches // update_mesh.size
-            split = jax.tree.map(lambda x: x.reshape(passes, -1, *x.shape[1:]), rows)
-            grads, metrics = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), split)
-            grads = jax.tree.map(lambda g: jax.lax.psum(g, DATA) / config.microbatches, grads)
-            return grads, jax.tree.map(lambda m: jax.lax.pmean(m.mean(), DATA), metrics)
-
-        grads, metrics = shard_rows(device_share, update_mesh, P())(params, mb)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, metrics
-
-    @jax.jit
-    def update(state: TrainState, traj: Transition, last_value: jax.Array):
-        adv, ret = compute_gae(traj, last_value, config.gamma, config.gae_lambda)
-        flat = minibatch_data(traj, adv, ret)
-        key, k_epochs = jax.random.split(jax.random.wrap_key_data(state.key))
-
-        def epoch(carry, k):
-            perm = jax.random.permutation(k, batch).reshape(config.num_minibatches, mb_size)
-
-            def mb_body(carry, idx):
-                params, opt_state = carry
-                params, opt_state, metrics = minibatch_step(
-                    params, opt_state, jax.tree.map(lambda x: x[idx], flat)
-                )
-                return (params, opt_state), metrics
-
-            return jax.lax.scan(mb_body, carry, perm)
-
-        (params, opt_state), metrics = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(k_epochs, config.update_epochs)
-        )
-        state = state._replace(params=params, opt_state=opt_state, key=jax.random.key_data(key))
-        # How much of the value targets' variance the rollout's value estimates explained (baselines' "explained
-        # variance"): near 0 or below, the advantages are mostly noise.
-        explained = 1 - jnp.var(flat["ret"] - flat["value"]) / (jnp.var(flat["ret"]) + 1e-8)
-        return state, {**jax.tree.map(jnp.mean, metrics), "explained_variance": explained}
-
-    devices = tuple(update_mesh.devices.flat)
-    return Trainer(config, agent, optimizer, init, policy_step, loss, minibatch_step, update, devices)
+    (params, opt_state), metrics = jax.lax.scan(
+        epoch, (state.params, state.opt_state), jax.random.split(k_epochs, config.update_epochs)
+    )
+    state = state._replace(params=params, opt_state=opt_state, key=jax.random.key_data(key))
+    # How much of the value targets' variance the rollout's value estimates explained (baselines' "explained
+    # variance"): near 0 or below, the advantages are mostly noise.
+    explained = 1 - jnp.var(flat["ret"] - flat["value"]) / (jnp.var(flat["ret"]) + 1e-8)
+    return state, {**jax.tree.map(jnp.mean, metrics), "explained_variance": explained}

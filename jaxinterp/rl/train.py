@@ -1,5 +1,7 @@
 """The host loop around PPO: rollouts on procgen, jitted updates, resumable checkpoints, JSONL metrics and a
 learning curve. Restarting the same command continues from the last checkpoint exactly (envs included).
+
+The run directory's layout, and reading its policy without a trainer, are `jaxinterp.weights.training_run`'s.
 """
 
 from __future__ import annotations
@@ -9,104 +11,117 @@ import json
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from jaxinterp.envs.heist import HeistConfig, HeistEnv, HeistState
+from jaxinterp.atomic import atomic_path, write_text
+from jaxinterp.envs.heist import Episodes, HeistConfig, HeistEnv, HeistState
+from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.agent import Agent
+from jaxinterp.progress import bar as progress_bar
 from jaxinterp.rl.ppo import PPOConfig, RewardNormalizer, Trainer, TrainState, Transition, make_train
+from jaxinterp.weights.training_run import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    ENVS_FILE,
+    STATE_DIR,
+    checkpoints,
+    latest_checkpoint,
+    with_latest,
+)
 
-CHECKPOINTS = "checkpoints"
+__all__ = [
+    "CURVE_WINDOW",
+    "EPISODE_LIMIT",
+    "EPISODE_WINDOW",
+    "KEEP_CHECKPOINTS",
+    "heist_config",
+    "plot_learning_curve",
+    "rollout",
+    "train",
+]
+
 KEEP_CHECKPOINTS = 2
+METRICS_FILE = "metrics.jsonl"
 EPISODE_WINDOW = 100  # episodes in the running return / success-rate average
 CURVE_WINDOW = 500  # episodes in the learning curve's smoother mean
 EPISODE_LIMIT = 1000  # Heist ends an episode after this many steps
-T = TypeVar("T")
 
 
 def heist_config(config: PPOConfig, seed: int) -> HeistConfig:
     return HeistConfig(config.num_envs, config.distribution_mode, config.num_levels, config.start_level, seed)
 
 
-def rollout(trainer: Trainer, state: TrainState, env: HeistEnv, obs: np.ndarray):
-    """``num_steps`` steps of every env with the current policy: (state, trajectory, last value, next obs)."""
+def rollout(
+    trainer: Trainer, state: TrainState, env: HeistEnv, obs: np.ndarray
+) -> tuple[TrainState, Transition, jax.Array, np.ndarray, Episodes]:
+    """``num_steps`` steps of every env with the current policy: (state, trajectory, last value, next obs, the
+    episodes that ended)."""
     cfg = trainer.config
-    key = jax.random.wrap_key_data(state.key)
-    normalizer, steps = state.normalizer, []
-    for _ in range(cfg.num_steps):
-        key, k = jax.random.split(key)
-        action, logp, value = trainer.policy_step(state.params, obs, k)
-        next_obs, reward, done, _ = env.step(np.asarray(action))
+    key, keys = _split_keys(jax.random.wrap_key_data(state.key), cfg.num_steps + 1)
+    first = env.steps
+
+    def act(frames: np.ndarray, t: int):
+        action, logp, value = trainer.policy_step(state.params, frames, keys[t - first])
+        return action, (logp, value)
+
+    normalizer, steps, ended = state.normalizer, [], []
+    for step in step_policy(env, act, obs=obs, steps=cfg.num_steps):
+        reward = step.reward
         if cfg.normalize_rewards:
-            normalizer, reward = normalizer.update(reward, done, cfg.gamma)
-        steps.append(Transition(obs, action, logp, value, reward, done))
-        obs = next_obs
-    key, k = jax.random.split(key)
-    last_value = trainer.policy_step(state.params, obs, k)[2]
+            normalizer, reward = normalizer.update(reward, step.done, cfg.gamma)
+        steps.append(Transition(step.obs, step.actions, *step.output, reward, step.done))
+        ended.append(step.episodes)
+        obs = step.next_obs
+    last_value = trainer.policy_step(state.params, obs, keys[-1])[2]
     traj = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *steps)
-    return state._replace(key=jax.random.key_data(key), normalizer=normalizer), traj, last_value, obs
+    state = state._replace(key=jax.random.key_data(key), normalizer=normalizer)
+    return state, traj, last_value, obs, Episodes.concatenate(ended)
 
 
-class _Checkpoints:
-    """``run_dir/checkpoints/iter_NNNNNN``: the train state (orbax), the envs' state and observations (npz)."""
+def _split_keys(key: jax.Array, n: int) -> tuple[jax.Array, list[jax.Array]]:
+    """``n`` keys split off ``key`` one at a time (``key, k = split(key)``), and the key left: the order PPO's
+    rollouts have always drawn them in, so that a run resumes exactly."""
+    keys = []
+    for _ in range(n):
+        key, k = jax.random.split(key)
+        keys.append(k)
+    return key, keys
 
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir / CHECKPOINTS
 
-    def latest(self) -> Path | None:
-        found = sorted(self.dir.glob("iter_*[0-9]")) if self.dir.exists() else []
-        return found[-1] if found else None
+def _save_checkpoint(run_dir: Path, state: TrainState, env_state: HeistState, obs: np.ndarray) -> Path:
+    """``checkpoints/iter_NNNNNN``: the train state (orbax), the envs' state and observations (npz); the oldest
+    beyond `KEEP_CHECKPOINTS` are deleted."""
+    import orbax.checkpoint as ocp
 
-    def with_latest(self, use: Callable[[Path], T], attempts: int = 3) -> T | None:
-        """``use(latest checkpoint)``, or None if there is none. A run that is training meanwhile deletes its older
-        checkpoints as it saves new ones; if the one being read vanishes, read the new latest instead."""
-        for _ in range(attempts):
-            if (latest := self.latest()) is None:
-                return None
-            try:
-                return use(latest)
-            except Exception:
-                if latest.exists():
-                    raise
-        raise JaxinterpError(
-            f"{self.dir}: its latest checkpoint was replaced {attempts} times while being read; try again"
-        )
-
-    def save(self, state: TrainState, env_state: HeistState, obs: np.ndarray) -> Path:
-        import orbax.checkpoint as ocp
-
-        final = self.dir / f"iter_{int(state.iteration):06d}"
-        if final.exists():
-            return final
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save(tmp.absolute() / "state", jax.tree.map(np.asarray, state))
-        np.savez(tmp / "env.npz", obs=obs, **env_state.to_arrays())
-        tmp.rename(final)  # a checkpoint exists whole or not at all
-        for old in sorted(self.dir.glob("iter_*[0-9]"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
-        shutil.rmtree(self.dir / "init", ignore_errors=True)  # a forked run's starting point, now superseded
+    final = run_dir / CHECKPOINTS / f"iter_{int(state.iteration):06d}"
+    if final.exists():
         return final
-
-    @staticmethod
-    def load(path: Path, template: TrainState) -> tuple[TrainState, HeistState, np.ndarray]:
-        import orbax.checkpoint as ocp
-
-        target = jax.tree.map(np.asarray, template)
+    with atomic_path(final, directory=True) as tmp:  # a checkpoint exists whole or not at all
         with ocp.StandardCheckpointer() as ckpt:
-            state = ckpt.restore(path.absolute() / "state", target)
-        state = TrainState(*state) if not isinstance(state, TrainState) else state
-        with np.load(path / "env.npz") as f:
-            arrays = dict(f)
-        return state, HeistState.from_arrays(arrays), arrays["obs"]
+            ckpt.save(tmp.absolute() / STATE_DIR, jax.tree.map(np.asarray, state))
+        np.savez(tmp / ENVS_FILE, obs=obs, **env_state.to_arrays())
+    for old in checkpoints(run_dir)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old)
+    shutil.rmtree(
+        run_dir / CHECKPOINTS / "init", ignore_errors=True
+    )  # a forked run's starting point, now superseded
+    return final
+
+
+def _load_checkpoint(path: Path, template: TrainState) -> tuple[TrainState, HeistState, np.ndarray]:
+    """A checkpoint's train state (in ``template``'s structure), envs' state and observations."""
+    import orbax.checkpoint as ocp
+
+    target = jax.tree.map(np.asarray, template)
+    with ocp.StandardCheckpointer() as ckpt:
+        state = ckpt.restore(path.absolute() / STATE_DIR, target)
+    state = TrainState(*state) if not isinstance(state, TrainState) else state
+    with np.load(path / ENVS_FILE) as f:
+        arrays = dict(f)
+    return state, HeistState.from_arrays(arrays), arrays["obs"]
 
 
 def train(
@@ -127,83 +142,28 @@ def train(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.json"
-    run_meta = {"ppo": config.to_dict(), "seed": seed}
-    if init_from is not None and not saved.exists():
-        run_meta["init_from"] = _fork(Path(init_from), run_dir, config)
-    if saved.exists():
-        run_meta = json.loads(saved.read_text())
-        ppo = PPOConfig.from_dict(run_meta["ppo"])
-        if ppo.algorithm_dict() != config.algorithm_dict() or run_meta["seed"] != seed:
-            raise JaxinterpError(
-                f"{run_dir} holds a run with another config or seed ({run_meta}); use a new --out directory "
-                "or the same settings to resume it"
-            )
-    else:
-        saved.write_text(json.dumps(run_meta, indent=2))
-
+    run_meta = _run_meta(config, run_dir, seed, init_from)
     trainer = make_train(config)
     env = HeistEnv(heist_config(config, seed))
-    state = trainer.init(jax.random.key(seed))
-    obs = env.observe()
-    ckpts = _Checkpoints(run_dir)
-    if (latest := ckpts.latest()) is not None:
-        state, env_state, obs = ckpts.load(latest, state)
-        env.set_state(env_state)
-    elif (source := run_meta.get("init_from")) is not None:
-        # The source may step another number of envs; the fork's envs are fresh, so each starts its running
-        # discounted return at zero while the normalizer's statistics carry over.
-        n_source = source.get("num_envs", config.num_envs)
-        template = state._replace(normalizer=RewardNormalizer.create(n_source))
-        state = _Checkpoints.load(run_dir / CHECKPOINTS / source["checkpoint"], template)[0]
-        state = state._replace(normalizer=state.normalizer._replace(returns=np.zeros(config.num_envs)))
-    log_path = run_dir / "metrics.jsonl"
-    history = _read_log(log_path, upto=int(state.iteration))
+    state, obs = _start(trainer, env, run_dir, run_meta, seed)
+    history = _read_log(run_dir / METRICS_FILE, upto=int(state.iteration))
     recent = collections.deque(maxlen=EPISODE_WINDOW)
     for row in history[-EPISODE_WINDOW:]:
         recent.extend(zip(row.get("_returns", []), row.get("_successes", [])))
 
     consistent = (state, env.get_state(), obs)  # the last point a checkpoint may be taken from
     last_save = time.monotonic()
-    bar = tqdm(
-        total=frames,
-        initial=min(int(state.frames), frames),
-        unit="frame",
-        disable=not progress,
-        desc=f"PPO {config.arch} on {len(trainer.devices)} {trainer.devices[0].platform} device(s)",
-        smoothing=0.05,
+    desc = f"PPO {config.arch} on {len(trainer.devices)} {trainer.devices[0].platform} device(s)"
+    bar = progress_bar(
+        frames, desc=desc, unit="frame", enabled=progress, initial=min(int(state.frames), frames)
     )
     warmup = config.num_envs * EPISODE_LIMIT  # frames until every env has finished one episode
     previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while int(state.frames) < frames:
-            t0 = time.monotonic()
-            state, traj, last_value, obs = rollout(trainer, state, env, obs)
-            t_roll = time.monotonic()
-            state, metrics = trainer.update(state, traj, last_value)
-            metrics = {k: float(v) for k, v in metrics.items()}
-            state = state._replace(
-                iteration=state.iteration + 1, frames=state.frames + config.frames_per_iteration
-            )
-            episodes = env.pop_episodes()
-            recent.extend(zip(episodes.episode_return.tolist(), episodes.success.tolist()))
-            t1 = time.monotonic()
-            row = {
-                "iteration": int(state.iteration),
-                "frames": int(state.frames),
-                "fps": config.frames_per_iteration / (t1 - t0),
-                "rollout_s": t_roll - t0,
-                "update_s": t1 - t_roll,
-                "episodes": len(episodes.episode_return),
-                "episode_return": _mean([r for r, _ in recent]),
-                "success_rate": _mean([s for _, s in recent]),
-                "episode_length": _mean(episodes.length.tolist()),
-                **metrics,
-                "_returns": episodes.episode_return.tolist(),
-                "_successes": episodes.success.tolist(),
-            }
+            state, obs, row = _iteration(trainer, state, env, obs, recent)
             history.append(row)
-            with log_path.open("a") as f:
+            with (run_dir / METRICS_FILE).open("a") as f:
                 f.write(json.dumps(row) + "\n")
             consistent = (state, env.get_state(), obs)
             bar.update(config.frames_per_iteration)
@@ -211,7 +171,7 @@ def train(
                 ret=f"{row['episode_return']:.2f}", succ=f"{row['success_rate']:.0%}", fps=f"{row['fps']:.0f}"
             )
             if time.monotonic() - last_save > checkpoint_every_s:
-                ckpts.save(*consistent)
+                _save_checkpoint(run_dir, *consistent)
                 plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
                 last_save = time.monotonic()
     except KeyboardInterrupt:
@@ -220,7 +180,7 @@ def train(
         _ignore_signals()  # however the loop ended, nothing may cut the last save short
         try:
             bar.close()
-            ckpts.save(*consistent)
+            _save_checkpoint(run_dir, *consistent)
             plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
         finally:
             for sig, handler in previous.items():
@@ -229,11 +189,82 @@ def train(
     return consistent[0]
 
 
+def _run_meta(config: PPOConfig, run_dir: Path, seed: int, init_from: str | Path | None) -> dict:
+    """What ``config.json`` records of the run (written on its first start): a resumed run must match it."""
+    saved = run_dir / CONFIG_FILE
+    run_meta = {"ppo": config.to_dict(), "seed": seed}
+    if init_from is not None and not saved.exists():
+        run_meta["init_from"] = _fork(Path(init_from), run_dir, config)
+    if not saved.exists():
+        write_text(saved, json.dumps(run_meta, indent=2))
+        return run_meta
+    run_meta = json.loads(saved.read_text())
+    ppo = PPOConfig.from_dict(run_meta["ppo"])
+    if ppo.algorithm_dict() != config.algorithm_dict() or run_meta["seed"] != seed:
+        raise JaxinterpError(
+            f"{run_dir} holds a run with another config or seed ({run_meta}); use a new --out directory "
+            "or the same settings to resume it"
+        )
+    return run_meta
+
+
+def _start(
+    trainer: Trainer, env: HeistEnv, run_dir: Path, run_meta: dict, seed: int
+) -> tuple[TrainState, np.ndarray]:
+    """The state and observations to train from: the run's latest checkpoint (its envs restored into ``env``), a
+    forked run's source checkpoint with fresh envs, or a fresh start."""
+    config = trainer.config
+    state = trainer.init(jax.random.key(seed))
+    obs = env.observe()
+    if (latest := latest_checkpoint(run_dir)) is not None:
+        state, env_state, obs = _load_checkpoint(latest, state)
+        env.set_state(env_state)
+    elif (source := run_meta.get("init_from")) is not None:
+        # The source may step another number of envs; the fork's envs are fresh, so each starts its running
+        # discounted return at zero while the normalizer's statistics carry over.
+        n_source = source.get("num_envs", config.num_envs)
+        template = state._replace(normalizer=RewardNormalizer.create(n_source))
+        state = _load_checkpoint(run_dir / CHECKPOINTS / source["checkpoint"], template)[0]
+        state = state._replace(normalizer=state.normalizer._replace(returns=np.zeros(config.num_envs)))
+    return state, obs
+
+
+def _iteration(
+    trainer: Trainer, state: TrainState, env: HeistEnv, obs: np.ndarray, recent: collections.deque
+) -> tuple[TrainState, np.ndarray, dict]:
+    """One PPO iteration (a rollout and an update): the new state and observations, and its metrics row;
+    ``recent`` takes the (return, success) of the episodes that ended."""
+    config = trainer.config
+    t0 = time.monotonic()
+    state, traj, last_value, obs, episodes = rollout(trainer, state, env, obs)
+    t_roll = time.monotonic()
+    state, metrics = trainer.update(state, traj, last_value)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    state = state._replace(iteration=state.iteration + 1, frames=state.frames + config.frames_per_iteration)
+    recent.extend(zip(episodes.episode_return.tolist(), episodes.success.tolist()))
+    t1 = time.monotonic()
+    row = {
+        "iteration": int(state.iteration),
+        "frames": int(state.frames),
+        "fps": config.frames_per_iteration / (t1 - t0),
+        "rollout_s": t_roll - t0,
+        "update_s": t1 - t_roll,
+        "episodes": len(episodes.episode_return),
+        "episode_return": _mean([r for r, _ in recent]),
+        "success_rate": _mean([s for _, s in recent]),
+        "episode_length": _mean(episodes.length.tolist()),
+        **metrics,
+        "_returns": episodes.episode_return.tolist(),
+        "_successes": episodes.success.tolist(),
+    }
+    return state, obs, row
+
+
 def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
     """Copy ``source``'s latest checkpoint and metrics into the new ``run_dir``; what config.json records of it."""
-    if not (source / "config.json").exists():
-        raise JaxinterpError(f"--init-from {source}: not a training run (no config.json)")
-    meta = json.loads((source / "config.json").read_text())
+    if not (source / CONFIG_FILE).exists():
+        raise JaxinterpError(f"--init-from {source}: not a training run (no {CONFIG_FILE})")
+    meta = json.loads((source / CONFIG_FILE).read_text())
     source_config = PPOConfig.from_dict(meta["ppo"])
     if (arch := source_config.arch) != config.arch:
         raise JaxinterpError(
@@ -241,15 +272,16 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
         )
 
     def copy(latest: Path) -> Path:
-        shutil.rmtree(run_dir / CHECKPOINTS / "init", ignore_errors=True)  # a copy cut short by the source
-        shutil.copytree(latest, run_dir / CHECKPOINTS / "init" / latest.name)
+        # Whole or not at all: the source may delete this checkpoint while it is being copied (then try the next).
+        with atomic_path(run_dir / CHECKPOINTS / "init" / latest.name, directory=True) as tmp:
+            shutil.copytree(latest, tmp, dirs_exist_ok=True)
         return latest
 
-    latest = _Checkpoints(source).with_latest(copy)
+    latest = with_latest(source, copy)
     if latest is None:
         raise JaxinterpError(f"--init-from {source}: it has no checkpoint yet")
     iteration = int(latest.name.split("_")[1])
-    _write_log(run_dir / "metrics.jsonl", _log_rows(source / "metrics.jsonl", iteration))
+    _write_log(run_dir / METRICS_FILE, _log_rows(source / METRICS_FILE, iteration))
     return {
         "run": source.as_posix(),
         "checkpoint": f"init/{latest.name}",
@@ -284,7 +316,7 @@ def _log_rows(path: Path, upto: int) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:
@@ -339,24 +371,6 @@ def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int =
         ax.set_title(label)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-
-
-def load_run_agent(run_dir: str | Path) -> tuple[Agent, dict]:
-    """The latest checkpointed policy of a training run, and the run's metadata (config, seed, frames)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise JaxinterpError(
-            f"{run_dir} is not a training run (no config.json); train one with `jaxinterp train-agent`"
-        )
-    meta = json.loads((run_dir / "config.json").read_text())
-    config = PPOConfig.from_dict(meta["ppo"])
-    trainer = make_train(config)
-    template = trainer.init(jax.random.key(0))
-    loaded = _Checkpoints(run_dir).with_latest(lambda latest: _Checkpoints.load(latest, template))
-    if loaded is None:
-        raise JaxinterpError(f"{run_dir} has no checkpoint yet; let `jaxinterp train-agent` run longer")
-    state = loaded[0]
-    agent = Agent(trainer.agent.arch, state.params, num_actions=trainer.agent.num_actions)
-    return agent, meta | {"frames": int(state.frames), "iteration": int(state.iteration)}
