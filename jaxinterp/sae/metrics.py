@@ -16,8 +16,10 @@ import numpy as np
 
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import MOVE_OF_ACTION
+from jaxinterp.envs.rollout import Policy, agent_policy
 from jaxinterp.envs.stream import batches, stream, stream_rows
 from jaxinterp.models.agent import Agent, preprocess
+from jaxinterp.rl.evaluate import level_config, run_episodes
 from jaxinterp.sae import model
 from jaxinterp.sae.files import SAE
 
@@ -149,32 +151,29 @@ def policy_fidelity(agent: Agent, sae: SAE, frames: np.ndarray, mean_act: np.nda
     }
 
 
-def spliced_policy(agent: Agent, sae: SAE) -> Callable:
+def spliced_policy(agent: Agent, sae: SAE) -> Policy:
     """A rollout policy (`jaxinterp.envs.rollout.Policy`): the agent with the SAE's reconstruction spliced into its
     layer, actions sampled from the resulting logits."""
-    layer, logits = sae.layer, agent.arch.logits
 
-    @jax.jit
-    def act(params, sae_params, key, obs):
-        images = preprocess(obs)
-        x = agent.forward(params, images)[layer]
-        spliced = splice(sae._replace(params=sae_params), x)
-        out = agent.forward(params, images, {layer: spliced - x})[logits]
-        return jax.random.categorical(key, out).astype(jnp.int32), {}
+    def policy(key: jax.Array, obs: np.ndarray) -> tuple[jax.Array, dict]:
+        return _spliced_act(agent, sae.params, key, obs, arch=sae.arch, k=sae.k, layer=sae.layer), {}
 
-    def policy(key, obs):
-        return act(agent.params, sae.params, key, obs)
-
-    policy.description = f"{agent.arch.name} agent with an SAE spliced into {layer} (sampled)"
+    policy.description = f"{agent.arch.name} agent with an SAE spliced into {sae.layer} (sampled)"
     return policy
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "k", "layer"))
+def _spliced_act(agent: Agent, sae_params, key: jax.Array, obs: jax.Array, *, arch: str, k: int, layer: str):
+    images = preprocess(obs)
+    x = agent.forward(agent.params, images)[layer]
+    spliced = splice(SAE(arch, k, sae_params, layer, {}), x)
+    logits = agent.forward(agent.params, images, {layer: spliced - x})[agent.arch.logits]
+    return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
 def spliced_episodes(agent: Agent, sae: SAE, episodes: int, *, seed: int = 0, progress: bool = True) -> dict:
     """Success and return of the clean agent and of the agent with the SAE spliced in, on the same unseen levels
     (`jaxinterp.rl.evaluate`); the two play the same level sequence per env."""
-    from jaxinterp.envs.rollout import agent_policy
-    from jaxinterp.rl.evaluate import level_config, run_episodes
-
     config = level_config("unseen", num_envs=min(64, episodes), seed=seed)
     runs = {"clean": agent_policy(agent), "spliced": spliced_policy(agent, sae)}
     return {

@@ -8,18 +8,21 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from jaxinterp.atomic import write_text
 from jaxinterp.envs.dataset import Dataset
 from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import HeistConfig
 from jaxinterp.envs.rollout import agent_policy, collect
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
-from jaxinterp.models.receptive import receptive_field, upsample
-from jaxinterp.render import overlay
+from jaxinterp.models.receptive import ReceptiveField, receptive_field, upsample
+from jaxinterp.render import overlay, save_gif, save_png
 from jaxinterp.sae import metrics
+from jaxinterp.sae.files import SAE
 from jaxinterp.sae.runs import EVAL_FILE, load_member
+
+__all__ = ["CANDIDATES", "choose_latent", "render", "strip", "track_episodes"]
 
 SCALE = 4  # pixels per frame pixel in the GIFs and strips
 STRIP_FRAMES = 10
@@ -68,6 +71,13 @@ def render(frames: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray
     return out
 
 
+def strip(frames: np.ndarray) -> np.ndarray:
+    """`STRIP_FRAMES` frames evenly spaced over the episode, side by side with `GAP` white pixels between them."""
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(STRIP_FRAMES, len(frames))).round().astype(int))
+    gap = np.full((frames.shape[1], GAP, 3), 255, np.uint8)
+    return np.concatenate([x for f in frames[pick] for x in (f, gap)][:-1], axis=1)
+
+
 def track_episodes(
     agent: Agent,
     sae_dir: str | os.PathLike,
@@ -92,67 +102,72 @@ def track_episodes(
         raise JaxinterpError("--episodes and --max-steps must be >= 1")
     out = Path(out_dir)
     envs = CANDIDATES * episodes  # levels without the object would score nothing
-    config = HeistConfig(num_envs=envs, start_level=seed, seed=seed)
-    data: Dataset = collect(
+    data = collect(
         out / "data",
         frames=envs * max_steps,
         policy=agent_policy(agent),
-        env_config=config,
+        env_config=HeistConfig(num_envs=envs, start_level=seed, seed=seed),
         seed=seed,
         progress=progress,
     )
-    rf = receptive_field(agent, sae.layer)
     cls = OBJECT_CLASSES.index(object_class)
-    table = data.episodes()
-    chosen = []
-    for env in range(envs):
-        rows = data.episode_rows(int(table.episode_id[(table.env == env) & (table.first_step == 0)][0]))[
-            :max_steps
-        ]
-        shows = int((data.get(rows, fields=["objects"])["objects"] == cls).any((1, 2)).sum())
-        chosen.append((-shows, env, rows))
+    rf = receptive_field(agent, sae.layer)
     lines, results = [], []
-    for i, (_, env, rows) in enumerate(sorted(chosen, key=lambda c: c[:2])[:episodes]):
-        first = table.episode_id[(table.env == env) & (table.first_step == 0)]
-        got = data.get(rows, fields=["frames", "objects"])
-        acts = np.asarray(agent.activations(got["frames"], [sae.layer])[sae.layer])
-        z = metrics.encode_in_batches(sae, acts.reshape(-1, sae.d_in)).reshape(*acts.shape[:3], -1)[
-            ..., latent
-        ]
-        present = metrics.objects_present(got["objects"], *acts.shape[1:3])[..., cls]
-        scores = metrics.object_scores(z.reshape(-1, 1), present.reshape(-1, 1))
-        f1 = float(scores.f1[0, 0])
-        heat = upsample(np.maximum(z, 0), rf)
-        frames = render(got["frames"], heat, got["objects"] == cls)
-        gif = out / f"episode_{i}.gif"
-        Image.fromarray(frames[0]).save(
-            gif,
-            save_all=True,
-            append_images=[Image.fromarray(f) for f in frames[1:]],
-            duration=GIF_MS,
-            loop=0,
-        )
-        pick = np.unique(np.linspace(0, len(frames) - 1, min(STRIP_FRAMES, len(frames))).round().astype(int))
-        gap = np.full((frames.shape[1], GAP, 3), 255, np.uint8)
-        strip = np.concatenate([x for f in frames[pick] for x in (f, gap)][:-1], axis=1)
-        Image.fromarray(strip).save(out / f"episode_{i}_strip.png")
+    for i, (level_seed, rows) in enumerate(_most_seen(data, envs, cls, max_steps)[:episodes]):
         result = {
             "episode": i,
-            "level_seed": int(table.level_seed[table.episode_id == first[0]][0]),
-            "frames": len(rows),
-            "f1": f1,
-            "precision": float(scores.precision[0, 0]),
-            "recall": float(scores.recall[0, 0]),
-            "object_frames": int(present.any((1, 2)).sum()),
+            "level_seed": level_seed,
+            **_track(agent, sae, data, rows, latent, cls, rf, out, i),
         }
         results.append(result)
         lines.append(
-            f"episode {i} (level {result['level_seed']}, {len(rows)} frames): latent {latent} vs {object_class}: "
-            f"F1 {f1:.2f} (precision {result['precision']:.2f}, recall {result['recall']:.2f}) -> {gif}"
+            f"episode {i} (level {level_seed}, {len(rows)} frames): latent {latent} vs {object_class}: "
+            f"F1 {result['f1']:.2f} (precision {result['precision']:.2f}, recall {result['recall']:.2f}) -> "
+            f"{out / f'episode_{i}.gif'}"
         )
-    (out / "tracking.json").write_text(
-        json.dumps(
-            {"sae": str(sae_dir), "latent": latent, "object": object_class, "episodes": results}, indent=2
-        )
-    )
+    summary = {"sae": str(sae_dir), "latent": latent, "object": object_class, "episodes": results}
+    write_text(out / "tracking.json", json.dumps(summary, indent=2))
     return lines
+
+
+def _most_seen(data: Dataset, envs: int, cls: int, max_steps: int) -> list[tuple[int, np.ndarray]]:
+    """(level seed, rows) of each env's first episode, cut at ``max_steps`` rows: those where object class ``cls``
+    is in the most frames first (ties in env order)."""
+    table = data.episodes()
+    found = []
+    for env in range(envs):
+        first = (table.env == env) & (table.first_step == 0)
+        rows = data.episode_rows(int(table.episode_id[first][0]))[:max_steps]
+        shows = int((data.get(rows, fields=["objects"])["objects"] == cls).any((1, 2)).sum())
+        found.append((-shows, env, int(table.level_seed[first][0]), rows))
+    return [(level_seed, rows) for _, _, level_seed, rows in sorted(found, key=lambda c: c[:2])]
+
+
+def _track(
+    agent: Agent,
+    sae: SAE,
+    data: Dataset,
+    rows: np.ndarray,
+    latent: int,
+    cls: int,
+    rf: ReceptiveField,
+    out: Path,
+    i: int,
+) -> dict:
+    """Episode ``i``'s GIF and strip of the latent's map over the frames ``rows``, and its scores against class
+    ``cls``."""
+    got = data.get(rows, fields=["frames", "objects"])
+    acts = np.asarray(agent.activations(got["frames"], [sae.layer])[sae.layer])
+    z = metrics.encode_in_batches(sae, acts.reshape(-1, sae.d_in)).reshape(*acts.shape[:3], -1)[..., latent]
+    present = metrics.objects_present(got["objects"], *acts.shape[1:3])[..., cls]
+    scores = metrics.object_scores(z.reshape(-1, 1), present.reshape(-1, 1))
+    frames = render(got["frames"], upsample(np.maximum(z, 0), rf), got["objects"] == cls)
+    save_gif(out / f"episode_{i}.gif", frames, ms=GIF_MS)
+    save_png(out / f"episode_{i}_strip.png", strip(frames))
+    return {
+        "frames": len(rows),
+        "f1": float(scores.f1[0, 0]),
+        "precision": float(scores.precision[0, 0]),
+        "recall": float(scores.recall[0, 0]),
+        "object_frames": int(present.any((1, 2)).sum()),
+    }
