@@ -19,6 +19,7 @@ import numpy as np
 from jaxinterp import progress
 from jaxinterp.envs.ground_truth import parse_state, read_entities, to_pixels
 from jaxinterp.envs.heist import HeistConfig, HeistEnv
+from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
 from jaxinterp.models.agent import CPU_PASS_SIZE, Agent, pass_size, preprocess
@@ -211,18 +212,23 @@ def play_levels(
     keep = np.asarray(keep_frames, np.int64)
     kept = [obs[keep]]
     log.look(env, np.arange(len(level_of)), 0)
+
+    def still_playing(obs, t):
+        running = np.flatnonzero(log.length < 0)
+        actions = np.zeros(len(level_of), np.int32)
+        actions[running], kl = policy(obs[running], running, t)
+        return actions, (running, kl)
+
     with progress.bar(len(level_of), desc="episodes", unit="episode", enabled=progress_bar) as bar:
-        for t in range(max_steps):
-            running = np.flatnonzero(log.length < 0)
-            if not len(running):
+        for step in step_policy(env, still_playing, obs=obs, steps=max_steps):
+            running, kl = step.output
+            log.record(running, step.t, step.actions, kl, step.done, step.info["success"])
+            log.look(env, running[~step.done[running]], step.t + 1)
+            playing = log.length[keep] < 0
+            kept.append(np.where(playing[:, None, None, None], step.next_obs[keep], kept[-1]))
+            bar.update(int(step.done[running].sum()))
+            if (log.length >= 0).all():
                 break
-            actions = np.zeros(len(level_of), np.int32)
-            actions[running], kl = policy(obs[running], running, t)
-            obs, _, done, info = env.step(actions)
-            log.record(running, t, actions, kl, done, info["success"])
-            log.look(env, running[~done[running]], t + 1)
-            kept.append(np.where((log.length[keep] < 0)[:, None, None, None], obs[keep], kept[-1]))
-            bar.update(int(done[running].sum()))
     env.close()
     return log.result(max_steps)._replace(frames=np.stack(kept, 1))
 
