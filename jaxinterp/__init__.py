@@ -2,7 +2,7 @@
 
 from importlib.metadata import version as _version
 
-from jaxinterp.api import attribute, dataset_examples, intervene
+from jaxinterp.api import attribute, dataset_examples, intervene, visualize
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
 from jaxinterp.weights.store import agent_from_state_dict, load_agent, save_agent
@@ -18,4 +18,5 @@ __all__ = [
     "intervene",
     "load_agent",
     "save_agent",
+    "visualize",
 ]

@@ -20,9 +20,13 @@ __all__ = [
     "Attributions",
     "Examples",
     "Intervention",
+    "Visualization",
     "attribute",
+    "cache_dir",
+    "color_stats",
     "dataset_examples",
     "intervene",
+    "visualize",
 ]
 
 DEFAULT_LAYER = "conv_seqs.2.res_block1"
@@ -54,6 +58,135 @@ def _frames(agent: Agent, source, *, seed: int):
 
         return Dataset(source)
     return source
+
+
+def color_stats(agent: Agent, checkpoint: str | os.PathLike | None = None, *, seed: int = 0):
+    """The colour statistics feature visualization decorrelates with: shipped beside the weights
+    (``<checkpoint>.color.json``), else fitted once on the agent's own play and cached under
+    ``~/.cache/jaxinterp/color`` by the weights' digest (a training run that moves on gets fresh ones)."""
+    from jaxinterp.featviz.param import fit_color_stats, load_color_stats, save_color_stats
+    from jaxinterp.rl.export import COLOR_FRAMES, agent_frames
+
+    beside = Path(checkpoint).with_suffix(".color.json") if checkpoint is not None else None
+    if beside is not None and beside.exists():
+        return load_color_stats(beside)
+    cached = cache_dir() / "color" / f"{agent.params_digest()}.json"
+    if cached.exists():
+        return load_color_stats(cached)
+    stats = fit_color_stats(agent_frames(agent, COLOR_FRAMES, seed=seed))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_color_stats(cached, stats.matrix, stats.mean)
+    return stats
+
+
+def cache_dir() -> Path:
+    """Where jaxinterp keeps what it can recompute: ``$XDG_CACHE_HOME/jaxinterp`` (``~/.cache/jaxinterp``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxinterp"
+
+
+@dataclasses.dataclass(frozen=True)
+class Visualization:
+    """Feature visualizations of channels of one layer: ``images`` (C, K, 64, 64, 3) floats in [0, 1] (K facets)
+    and ``values`` (C, K), the objective without its penalties; the engine's `Result` in ``.result``."""
+
+    layer: str
+    objective: str
+    channels: np.ndarray
+    images: np.ndarray
+    values: np.ndarray
+    result: object
+    scale: int
+
+    def image(self, channel: int) -> np.ndarray:
+        """uint8 picture of one channel's facets side by side, upscaled as the CLI's PNGs."""
+        from jaxinterp import render
+
+        row = int(np.flatnonzero(self.channels == channel)[0]) if channel in self.channels else None
+        if row is None:
+            raise JaxinterpError(
+                f"channel {channel} was not visualized; these were: {self.channels.tolist()}"
+            )
+        return render.side_by_side(self.images[row], scale=self.scale)
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """``out``/``channel_<c>.png``, ``sheet.png`` and ``images.npz``, as ``jaxinterp visualize`` writes a layer."""
+        from jaxinterp import atomic
+        from jaxinterp.report.visualizations import write_layer_outputs
+
+        out = Path(out)
+        arrays = {
+            "images": self.result.images,
+            "values": self.result.values,
+            "losses": self.result.losses,
+            "channels": np.asarray(self.channels, np.int64),
+            "thresholds": np.asarray(self.result.thresholds, np.int64),
+        }
+        write_layer_outputs(out, self.objective, arrays, self.scale)
+        atomic.write_npz(out / "images.npz", **arrays)
+        return out
+
+    def _repr_png_(self) -> bytes:
+        from jaxinterp import render
+
+        return _png(
+            render.contact_sheet(np.stack([render.side_by_side(ims, gap=2) for ims in self.images]), scale=2)
+        )
+
+
+def visualize(
+    agent: AgentLike = None,
+    layer: str = DEFAULT_LAYER,
+    channels="all",
+    *,
+    objective: str = "channel",
+    steps: int | None = None,
+    facets: int = 1,
+    diversity: float = 0.0,
+    tv: float = 0.0,
+    l2: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> Visualization:
+    """Feature visualization of ``channels`` of ``layer`` in one jitted call, as ``jaxinterp visualize`` makes it
+    (Fourier images decorrelated with the agent's colour statistics, standard transforms): the same images for the
+    same settings and seed. ``objective`` as the CLI's ``--objective`` (``"channel"``, ``"neuron"``, ...)."""
+    import jax
+
+    from jaxinterp import progress as progress_lib
+    from jaxinterp.featviz.engine import DEFAULT_STEPS, make_visualize
+    from jaxinterp.models.agent import parse_channels
+    from jaxinterp.report.visualizations import FeatvizSettings
+
+    checkpoint = None if isinstance(agent, Agent) else _checkpoint_path(agent)
+    agent = _agent(agent)
+    stats = color_stats(agent, checkpoint, seed=seed)
+    settings = FeatvizSettings(
+        objective=objective,
+        steps=steps or DEFAULT_STEPS,
+        facets=facets,
+        diversity=diversity,
+        tv=tv,
+        l2=l2,
+        seed=seed,
+        color_matrix=stats.matrix,
+    )
+    layer = agent.check_layers([layer])[0]
+    full, target = settings.objectives(layer)
+    full.validate(agent)
+    chosen = parse_channels(channels, full.num_indices(agent) or 1, f"layer {layer!r}")
+    run = make_visualize(agent, full, dataclasses.replace(settings.engine, measure=target))
+    with progress_lib.bar(len(chosen), desc="featviz", unit="ch", enabled=progress) as bar:
+        result = run(jax.random.key(seed), chosen, bar=bar)
+    return Visualization(
+        layer, target.description, result.channels, result.final, result.values[-1], result, settings.scale
+    )
+
+
+def _checkpoint_path(agent: AgentLike):
+    """The weights file an agent was given as (None: the shipped default's), for its colour statistics."""
+    from jaxinterp.weights.store import default_checkpoint
+
+    return default_checkpoint() if agent is None else agent
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,3 +42,26 @@ def test_intervene_plays_and_saves(agent, tmp_path):
     assert [r["edit"] for r in result.rows] == ["clean", f"{LAYER}:3=0"]
     assert "| `clean` |" in result.table()
     assert (result.save(tmp_path) / "results.json").exists()
+
+
+def test_visualize_gives_the_cli_job_s_images_and_files(agent, tmp_path, monkeypatch):
+    from jaxinterp.report.visualizations import FeatvizSettings, visualize_layers
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the fitted colour statistics land here
+
+    vis = jaxinterp.visualize(agent, LAYER, channels="2,5", steps=4, progress=False)
+    assert vis.images.shape == (2, 1, 64, 64, 3) and vis.values.shape == (2, 1)
+    settings = FeatvizSettings(steps=4, color_matrix=jaxinterp.api.color_stats(agent).matrix)
+    visualize_layers(agent, [LAYER], "2,5", settings, out_dir=tmp_path / "cli", progress=False)
+    job = np.load(tmp_path / "cli" / "conv_seqs_1_res_block1" / "images.npz")
+    np.testing.assert_array_equal(vis.images, job["images"][-1])
+    saved = vis.save(tmp_path / "api")
+    assert {p.name for p in saved.iterdir()} == {
+        "channel_002.png",
+        "channel_005.png",
+        "sheet.png",
+        "images.npz",
+    }
+    assert vis.image(5).dtype == np.uint8
+    with pytest.raises(jaxinterp.JaxinterpError, match="was not visualized"):
+        vis.image(3)

@@ -135,7 +135,7 @@ def test_visualize_layers_writes_resumes_and_measures(agent, heist_frames, tmp_p
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(run, "_write_outputs", crash)
+    monkeypatch.setattr(run, "write_layer_outputs", crash)
     with pytest.raises(RuntimeError, match="simulated"):
         _run(agent, "all", out, dataclasses.replace(JOB, seed=1))
     assert len(list((folder / "chunks").glob("chunk_*.npz"))) == 4

@@ -33,7 +33,7 @@ from jaxinterp.featviz.real_values import PERCENTILES, real_percentiles
 from jaxinterp.models.agent import Agent, array_digest, check_obs, parse_channels
 from jaxinterp.progress import bar as progress_bar
 
-__all__ = ["SETTINGS_FORMAT", "FeatvizSettings", "visualize_layers"]
+__all__ = ["SETTINGS_FORMAT", "FeatvizSettings", "visualize_layers", "write_layer_outputs"]
 
 SETTINGS_FORMAT = "jaxinterp.featviz/1"
 CONTEXT_FRAMES = 4
@@ -296,7 +296,7 @@ def _one_layer(shared: _Shared, plan: _LayerPlan) -> dict[str, Any]:
         arrays["percentiles"] = real_percentiles(shared.agent, plan.target, chans, shared.real_frames)
         arrays["percentile_q"] = np.asarray(PERCENTILES, np.float32)
     if shared.writer:
-        _write_outputs(folder, plan.layer, plan.target, arrays, shared.scale, plan.config.context)
+        write_layer_outputs(folder, plan.target.description, arrays, shared.scale, plan.config.context)
         write_npz(folder / "images.npz", **arrays)
         for path in (folder / "chunks").glob("chunk_*.npz"):
             path.unlink()
@@ -342,9 +342,11 @@ def _per_channel(z) -> dict[int, dict[str, np.ndarray]]:
     }
 
 
-def _write_outputs(
-    folder: Path, layer: str, target: obj.Objective, arrays: dict, scale: int, context: Context | None
+def write_layer_outputs(
+    folder: Path, description: str, arrays: dict, scale: int, context: Context | None = None
 ) -> None:
+    """A layer's ``channel_<c>.png`` (facets side by side), ``sheet.png`` titled ``description`` (the objective)
+    and, with a context, ``context_<c>.png``, from the arrays of ``images.npz``."""
     final, values = arrays["images"][-1], arrays["values"][-1]  # (C, K, ...), (C, K)
     # With real frames, each caption's second line is the channel's real-frame p99.9, the bar its image must beat.
     p999 = arrays["percentiles"][PERCENTILES.index(99.9)] if "percentiles" in arrays else [None] * len(final)
@@ -369,7 +371,7 @@ def _write_outputs(
         labels,
         scale=2,
         columns=max(1, SHEET_IMAGES_PER_ROW // final.shape[1]),  # rows about equally wide for any facet count
-        title=f"{target.description} (value after {arrays['thresholds'][-1]} steps)",
+        title=f"{description} (value after {arrays['thresholds'][-1]} steps)",
     )
 
 
