@@ -242,20 +242,20 @@ def test_visualize_in_context_writes_patches_and_their_frames(checkpoint, tmp_pa
     out = tmp_path / "ctx"
     args = f"visualize --checkpoint {checkpoint} --layer conv_seqs.1.res_block1 --channels 1 --steps 4"
     args = [*args.split(), "--real-frames", "64", "--out", str(out), "--context", "--context-size", "8"]
-    assert main([*args, "--context-batch", "2", "--context-at", "2,3"]) == 0
+    assert main([*args, "--context-batch", "2", "--context-at", "3,2"]) == 0
     folder = out / "conv_seqs_1_res_block1"
     assert {"channel_001.png", "context_001.png", "sheet.png"} <= {p.name for p in folder.iterdir()}
     with np.load(folder / "images.npz") as z:
         assert z["images"].shape == (1, 1, 1, 8, 8, 3)
     settings = json.loads((folder / "settings.json").read_text())
-    # The objective defaults to the neuron under the patch (x is the column).
+    # The objective defaults to the neuron under the patch; X,Y on the command line, (y, x) in the settings.
     assert "x=3, y=2" in settings["objective"] and settings["context"]["at"] == [2, 3]
     assert settings["transforms"] is None and settings["context"]["size"] == 8
     capsys.readouterr()
     for bad, said in (
         (["--jitter", "8,4"], "drop --jitter"),
-        (["--context-at", "two"], "as Y,X"),
-        (["--context-at", "16,0"], "outside layer"),
+        (["--context-at", "two"], "as X,Y"),
+        (["--context-at", "0,16"], "outside layer"),
     ):
         assert main([*args, *bad]) == 2
         assert said in capsys.readouterr().err
@@ -270,7 +270,7 @@ def test_visualize_entry_exposes_one_cpu_device_per_core(preset):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if preset:
         env["XLA_FLAGS"] = preset
-    code = "from jaxinterp.cli import _one_cpu_device_per_core as f; f(); import jax; print(len(jax.devices('cpu')))"
+    code = "from jaxinterp.cli.startup import one_cpu_device_per_core as f; f(); import jax; print(len(jax.devices('cpu')))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     cores = len(os.sched_getaffinity(0))
     assert int(out.stdout.split()[-1]) == (3 if preset else cores)  # a count the user set is left alone
@@ -289,7 +289,7 @@ def test_entry_keeps_compiled_programs_on_disk(tmp_path, setting):
     if setting == "jax":
         env["JAX_COMPILATION_CACHE_DIR"] = str(theirs)  # the user's own JAX setting wins
     code = (
-        "from jaxinterp.cli import _persistent_compile_cache as f; f(); import jax, jax.numpy as jnp;"
+        "from jaxinterp.cli.startup import persistent_compile_cache as f; f(); import jax, jax.numpy as jnp;"
         "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()"
     )
     subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
