@@ -14,14 +14,15 @@ Run: taskset -c 0 uv run python benchmarks/bench_ppo_step.py [--batches 128,512]
 import argparse
 import time
 
-from jaxinterp.cli import _one_cpu_device_per_core
+from jaxinterp.cli.startup import one_cpu_device_per_core
 
-_one_cpu_device_per_core()  # before JAX starts its backends
+one_cpu_device_per_core()  # before JAX starts its backends
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.envs.heist import NUM_ACTIONS
 from jaxinterp.models import impala, layers
 from jaxinterp.rl.ppo import PPOConfig, make_train
 
@@ -64,8 +65,8 @@ def step_ms_per_frame(
     k = jax.random.split(jax.random.key(1), 3)
     mb = {
         "obs": jax.random.randint(k[0], (batch, 64, 64, 3), 0, 256).astype(jnp.uint8),
-        "action": jax.random.randint(k[1], (batch,), 0, 15),
-        "logp": jnp.full((batch,), -np.log(15.0)),
+        "action": jax.random.randint(k[1], (batch,), 0, NUM_ACTIONS),
+        "logp": jnp.full((batch,), -np.log(NUM_ACTIONS)),
         "value": jnp.zeros(batch),
         "adv": jax.random.normal(k[2], (batch,)),
         "ret": jnp.ones(batch),
