@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxinterp.cache import cache_dir
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
 
@@ -60,9 +61,15 @@ def _frames(agent: Agent, source, *, seed: int):
     return source
 
 
-def color_stats(agent: Agent, checkpoint: str | os.PathLike | None = None, *, seed: int = 0):
+def color_stats(
+    agent: Agent,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    frames: np.ndarray | None = None,
+    seed: int = 0,
+):
     """The colour statistics feature visualization decorrelates with: shipped beside the weights
-    (``<checkpoint>.color.json``), else fitted once on the agent's own play and cached under
+    (``<checkpoint>.color.json``), else fitted once on ``frames`` (default: the agent's own play) and cached under
     ``~/.cache/jaxinterp/color`` by the weights' digest (a training run that moves on gets fresh ones)."""
     from jaxinterp.featviz.param import fit_color_stats, load_color_stats, save_color_stats
     from jaxinterp.rl.export import COLOR_FRAMES, agent_frames
@@ -73,15 +80,10 @@ def color_stats(agent: Agent, checkpoint: str | os.PathLike | None = None, *, se
     cached = cache_dir() / "color" / f"{agent.params_digest()}.json"
     if cached.exists():
         return load_color_stats(cached)
-    stats = fit_color_stats(agent_frames(agent, COLOR_FRAMES, seed=seed))
+    stats = fit_color_stats(agent_frames(agent, COLOR_FRAMES, seed=seed) if frames is None else frames)
     cached.parent.mkdir(parents=True, exist_ok=True)
     save_color_stats(cached, stats.matrix, stats.mean)
     return stats
-
-
-def cache_dir() -> Path:
-    """Where jaxinterp keeps what it can recompute: ``$XDG_CACHE_HOME/jaxinterp`` (``~/.cache/jaxinterp``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxinterp"
 
 
 @dataclasses.dataclass(frozen=True)

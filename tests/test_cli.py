@@ -298,3 +298,17 @@ def test_entry_keeps_compiled_programs_on_disk(tmp_path, setting):
     }
     expected = {"dir": ("ours",), "off": (), "jax": ("theirs",)}[setting]
     assert {name for name, n in kept.items() if n} == set(expected)
+
+
+def test_intervene_plays_an_edit_beside_the_clean_agent(checkpoint, tmp_path, capsys):
+    out = tmp_path / "edit"
+    edit = "conv_seqs.2.res_block1:3=0"
+    argv = ["intervene", "--checkpoint", str(checkpoint), "--edit", edit, "--levels", "2", "--max-steps", "8"]
+    assert main([*argv, "--gifs", "0", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["edit"] for r in rows] == ["clean", edit] and edit in capsys.readouterr().out
+    assert (
+        main(["intervene", "--checkpoint", str(checkpoint), "--edit", "conv_seqs.9:3=0", "--out", str(out)])
+        == 2
+    )
+    assert "conv_seqs.2.res_block1" in capsys.readouterr().err  # the valid layers are listed

@@ -16,6 +16,7 @@ TIERS = {
     "errors": 0,
     "render": 0,
     "atomic": 0,
+    "cache": 0,
     "progress": 0,
     "models": 1,
     "weights": 2,

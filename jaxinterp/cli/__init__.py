@@ -1,6 +1,6 @@
 """The ``jaxinterp`` command line: one entry point, one subcommand per job. Errors print as one line.
 
-One module per command group (``agent``, ``examples``, ``report``, ``featviz``, ``sae``), each registering its
+One module per command group (``agent``, ``examples``, ``report``, ``featviz``, ``sae``, ``intervene``), each registering its
 parsers and holding their handlers; the handlers import the library lazily, so that building the parser (and
 ``jaxinterp --help``) stays fast. Coordinates on the command line are column first (``X,Y``), as in
 ``neuron@x,y``.
@@ -12,7 +12,7 @@ import argparse
 import sys
 from importlib.metadata import version
 
-from jaxinterp.cli import agent, examples, featviz, report, sae
+from jaxinterp.cli import agent, examples, featviz, intervene, report, sae
 from jaxinterp.cli.startup import SPLIT_CPU_COMMANDS, one_cpu_device_per_core, persistent_compile_cache
 from jaxinterp.errors import JaxinterpError
 
@@ -25,7 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"jaxinterp {version('jaxinterp')}")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (agent, examples, report, featviz, sae):  # the order `jaxinterp --help` lists them in
+    for group in (
+        agent,
+        examples,
+        report,
+        featviz,
+        sae,
+        intervene,
+    ):  # the order `jaxinterp --help` lists them in
         group.add_parsers(sub)
     return p
 

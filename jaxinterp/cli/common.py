@@ -1,4 +1,4 @@
-"""What the command groups share: the agent and layer flags, parsing of small flag values, the colour statistics.
+"""What the command groups share: the agent and layer flags, parsing of small flag values.
 
 Nothing here imports jax or numpy at module level: building the parser must stay fast (`jaxinterp --help`).
 """
@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxinterp.errors import JaxinterpError
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from jaxinterp.featviz.param import ColorStats
     from jaxinterp.models.agent import Agent
 
 __all__ = [
@@ -24,9 +20,7 @@ __all__ = [
     "add_checkpoint_arg",
     "add_layer_over_dataset_args",
     "add_seed_arg",
-    "cache_root",
     "checkpoint",
-    "color_stats",
     "given",
     "load",
     "parse_config",
@@ -101,25 +95,3 @@ def load(path: str | None) -> Agent:
     from jaxinterp.weights.store import load_agent
 
     return load_agent(checkpoint(path))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxinterp"
-
-
-def color_stats(weights: str | Path, agent: Agent, frames: np.ndarray) -> ColorStats:
-    """Colour statistics shipped beside the weights, else fitted once on the agent's own frames and cached (keyed
-    by the weights' bytes, so a training run that moves on gets fresh statistics)."""
-    from jaxinterp.featviz.param import fit_color_stats, load_color_stats, save_color_stats
-
-    beside = Path(weights).with_suffix(".color.json")
-    if beside.exists():
-        return load_color_stats(beside)
-    cache = cache_root() / "color"
-    cached = cache / f"{agent.params_digest()}.json"
-    if cached.exists():
-        return load_color_stats(cached)
-    stats = fit_color_stats(frames)
-    cache.mkdir(parents=True, exist_ok=True)
-    save_color_stats(cached, stats.matrix, stats.mean)
-    return stats

@@ -11,7 +11,6 @@ from jaxinterp.cli.common import (
     add_checkpoint_arg,
     add_seed_arg,
     checkpoint,
-    color_stats,
     given,
     load,
     parse_ints,
@@ -79,6 +78,7 @@ def _add_context_args(v: argparse.ArgumentParser) -> None:
 
 
 def cmd_visualize(args) -> None:
+    from jaxinterp.api import color_stats
     from jaxinterp.report.agent_report import REAL_FRAMES
     from jaxinterp.report.visualizations import visualize_layers
     from jaxinterp.rl.export import agent_frames
@@ -91,7 +91,7 @@ def cmd_visualize(args) -> None:
         settings.context.position(agent, layer)  # a bad --context-at fails before the agent plays
     real_frames = REAL_FRAMES if args.real_frames is None else args.real_frames
     frames = agent_frames(agent, real_frames, seed=args.seed)
-    stats = color_stats(weights, agent, frames)
+    stats = color_stats(agent, weights, frames=frames)
     settings = dataclasses.replace(settings, color_matrix=stats.matrix)
     summary = visualize_layers(agent, layers, args.channels, settings, out_dir=args.out, real_frames=frames)
     print(f"wrote {summary['out_dir']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jaxinterp.cli.common import add_checkpoint_arg, add_seed_arg, checkpoint, color_stats, given, load
+from jaxinterp.cli.common import add_checkpoint_arg, add_seed_arg, checkpoint, given, load
 
 __all__ = ["FRAMES", "add_parsers", "cmd_report"]
 
@@ -35,6 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args) -> None:
+    from jaxinterp.api import color_stats
     from jaxinterp.envs.dataset import Dataset
     from jaxinterp.envs.heist import HeistConfig
     from jaxinterp.envs.rollout import agent_policy, collect
@@ -51,7 +52,7 @@ def cmd_report(args) -> None:
         dataset = collect(
             out / "data", frames=args.frames, policy=agent_policy(agent), env_config=config, seed=args.seed
         )
-    stats = color_stats(weights, agent, dataset.evenly_spaced(REAL_FRAMES)["frames"])
+    stats = color_stats(agent, weights, frames=dataset.evenly_spaced(REAL_FRAMES)["frames"])
     page = write_agent_report(
         agent,
         dataset,

@@ -12,7 +12,6 @@ from jaxinterp.cli.common import (
     add_checkpoint_arg,
     add_seed_arg,
     checkpoint,
-    color_stats,
     given,
     load,
     parse_config,
@@ -201,6 +200,7 @@ def _add_features(group) -> None:
 
 
 def cmd_features(args) -> None:
+    from jaxinterp.api import color_stats
     from jaxinterp.examples.find import find_examples
     from jaxinterp.models.agent import parse_channels
     from jaxinterp.report.agent_report import REAL_FRAMES
@@ -221,7 +221,7 @@ def cmd_features(args) -> None:
     settings = FeatvizSettings(
         objective=lambda layer: latent_objective(sae, args.where),
         steps=args.steps,
-        color_matrix=color_stats(weights, agent, frames).matrix,
+        color_matrix=color_stats(agent, weights, frames=frames).matrix,
     )
     visualize_layers(agent, [sae.layer], latents, settings, out_dir=out / "featviz", real_frames=frames)
     result = find_examples(agent, latent_feature(sae, latents), dataset, progress=True, **given(k=args.k))

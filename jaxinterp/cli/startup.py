@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from jaxinterp.cli.common import cache_root
+from jaxinterp.cache import cache_dir
 
 __all__ = ["COMPILE_CACHE_BYTES", "SPLIT_CPU_COMMANDS", "one_cpu_device_per_core", "persistent_compile_cache"]
 
@@ -25,7 +25,7 @@ def persistent_compile_cache() -> None:
     are kept (JAX's default)."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
-    where = os.environ.get("JAXINTERP_COMPILE_CACHE", str(cache_root() / "xla"))
+    where = os.environ.get("JAXINTERP_COMPILE_CACHE", str(cache_dir() / "xla"))
     if where.strip().lower() in ("", "off", "0", "false", "no"):
         return
     import jax

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import re
 
+from jaxinterp.cli.common import add_checkpoint_arg, add_seed_arg, load
 from jaxinterp.errors import JaxinterpError
 
-__all__ = ["add_parser", "cmd_intervene"]
+__all__ = ["add_parsers", "cmd_intervene"]
 
 FRAMES = 2048
 """Frames of the agent's own play for mean and resample ablations and typical peaks when no --dataset is given."""
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "intervene",
         help="ablate, patch or steer channels / SAE latents while the agent plays; compare with clean",
@@ -35,7 +36,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--how", default="0", choices=("0", "mean", "resample"), help="--ablate-each's ablation")
     p.add_argument("--value", type=float, help="--steer's added value (default: each channel's typical peak)")
     p.add_argument("--levels", type=int, default=64, help="unseen levels every edit plays (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="draws the levels and the sampled actions")
+    add_seed_arg(p, help="draws the levels and the sampled actions")
+    add_checkpoint_arg(p)
     p.add_argument(
         "--dataset", help="rollout dataset for mean/resample/patch edits (default: the agent's play)"
     )
@@ -44,8 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="cut episodes short (default: Heist's 1000-step timeout)")
     p.add_argument("--gifs", type=int, default=1, help="levels whose episodes are kept for GIFs (12 MB each)")
     p.add_argument("--out", required=True, help="directory for results.json, table.md, effects.png, pictures")
-    p.set_defaults(fn=cmd_intervene)
-    return p
+    p.set_defaults(func=cmd_intervene)
 
 
 def _steer_target(text: str) -> tuple[str, tuple[int, int]]:
@@ -72,10 +73,11 @@ def _needs_frames(edits: list[str]) -> bool:
     return any(re.search(r"=\s*(mean|resample|frame:)", e) for e in edits)
 
 
-def cmd_intervene(args, agent) -> None:
+def cmd_intervene(args) -> None:
     from jaxinterp.interventions import ablate_each, reach_rate, run_sweep, steer_edits
     from jaxinterp.report.intervention_figures import table_markdown, write_sweep
 
+    agent = load(args.checkpoint)
     sae = None
     if args.sae:
         from jaxinterp.sae.files import load_sae
