@@ -48,7 +48,7 @@ def load(checkpoint: str):
     """(agent, description) from a training run directory or a weights file."""
     path = Path(checkpoint)
     if path.is_dir() and (path / "config.json").exists():
-        from jaxinterp.rl.train import load_run_agent
+        from jaxinterp.weights.training_run import load_run_agent
 
         agent, meta = load_run_agent(path)
         return (

@@ -6,8 +6,7 @@ import jax
 import numpy as np
 
 from jaxinterp.models.agent import Agent
-from jaxinterp.models.impala import ARCHITECTURES
-from jaxinterp.weights.convert import init_params
+from jaxinterp.models.impala import ARCHITECTURES, init_params
 
 SMALL_CHANNELS = (4, 8, 8)
 """IMPALA widths for tests: receptive fields and code paths do not depend on them, run time does."""

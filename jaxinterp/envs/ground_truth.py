@@ -17,6 +17,17 @@ import numpy as np
 
 from jaxinterp.errors import JaxinterpError
 
+__all__ = [
+    "OBJECT_CLASSES",
+    "Entity",
+    "HeistLayout",
+    "object_map",
+    "object_maps",
+    "parse_state",
+    "read_entities",
+    "to_pixels",
+]
+
 OBJECT_CLASSES = (
     "floor",
     "wall",

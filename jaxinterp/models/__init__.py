@@ -1,7 +1,7 @@
 """The agents' networks: the IMPALA-style architectures in Flax and ``Agent`` (params + pure forward functions)."""
 
 from jaxinterp.models.agent import OBS_SHAPE, Agent, check_obs, parse_channels, preprocess
-from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture
+from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture, init_params
 from jaxinterp.models.receptive import ReceptiveField, receptive_field, receptive_fields
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "activation_shapes",
     "check_obs",
     "get_architecture",
+    "init_params",
     "parse_channels",
     "preprocess",
     "receptive_field",

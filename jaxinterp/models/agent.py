@@ -15,6 +15,24 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.impala import Architecture, activation_shapes, get_architecture, init_params
 
+__all__ = [
+    "CPU_PASS_SIZE",
+    "DATA",
+    "OBS_SHAPE",
+    "ROWS",
+    "Agent",
+    "array_digest",
+    "check_obs",
+    "data_mesh",
+    "in_device_passes",
+    "in_passes",
+    "pad_rows",
+    "parse_channels",
+    "pass_size",
+    "preprocess",
+    "shard_rows",
+]
+
 OBS_SHAPE = (64, 64, 3)
 
 

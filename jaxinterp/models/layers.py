@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+__all__ = ["FEW_CHANNELS", "Conv", "conv2d", "lp_pool", "max_pool"]
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 

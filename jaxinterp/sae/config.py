@@ -14,6 +14,8 @@ from typing import Any
 
 from jaxinterp.errors import JaxinterpError
 
+__all__ = ["ARCHITECTURES", "TRACED", "SAEConfig", "parse_sweep"]
+
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 """relu: ReLU with an L1 penalty weighted by decoder norms; topk: the k largest per sample; batchtopk: the k x batch
 largest over a batch (a learned global threshold at inference, exported as JumpReLU); jumprelu: a learned per-latent

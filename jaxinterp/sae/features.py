@@ -16,6 +16,8 @@ from jaxinterp.featviz.objectives import Objective, direction, direction_neuron
 from jaxinterp.sae import model
 from jaxinterp.sae.files import SAE
 
+__all__ = ["latent_feature", "latent_objective"]
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Encode:

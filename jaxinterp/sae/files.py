@@ -23,6 +23,20 @@ from jaxinterp.sae import model
 from jaxinterp.sae.config import SAEConfig
 from jaxinterp.sae.model import SAEParams
 
+__all__ = [
+    "CFG_FILE",
+    "FROM_SAELENS",
+    "SAE",
+    "SPARSITY_FILE",
+    "TO_SAELENS",
+    "WEIGHTS_FILE",
+    "fold_scale",
+    "from_training",
+    "load_sae",
+    "load_sparsity",
+    "save_sae",
+]
+
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 SPARSITY_FILE = "sparsity.safetensors"

@@ -23,6 +23,26 @@ from jaxinterp.rl.evaluate import level_config, run_episodes
 from jaxinterp.sae import model
 from jaxinterp.sae.files import SAE
 
+__all__ = [
+    "BATCH",
+    "DENSE_FREQUENCY",
+    "FRAMES_PER_PASS",
+    "PROBE_K",
+    "ObjectScores",
+    "channel_thresholds",
+    "choose_and_score",
+    "encode_in_batches",
+    "object_scores",
+    "objects_present",
+    "policy_fidelity",
+    "reconstruction",
+    "sparse_probe",
+    "splice",
+    "spliced_episodes",
+    "spliced_policy",
+    "standardize",
+]
+
 DENSE_FREQUENCY = 0.1  # a latent firing at more than this fraction of positions is dense
 BATCH = 4096  # samples per encoder pass
 FRAMES_PER_PASS = 64  # frames per spliced forward pass

@@ -15,6 +15,24 @@ import jax.numpy as jnp
 
 from jaxinterp.sae.config import SAEConfig
 
+__all__ = [
+    "BISECTIONS",
+    "Hyper",
+    "SAEParams",
+    "Terms",
+    "batch_top_k",
+    "decode",
+    "encode",
+    "hyper_of",
+    "init_params",
+    "jumprelu",
+    "kth_largest",
+    "loss",
+    "pre_activations",
+    "step",
+    "top_k_mask",
+]
+
 
 class SAEParams(NamedTuple):
     """One SAE. ``threshold``: jumprelu's learned per-latent threshold, batchtopk's global inference threshold

@@ -27,6 +27,22 @@ from jaxinterp.sae.data import ActivationSource, evenly
 from jaxinterp.sae.files import CFG_FILE, SAE, from_training, load_sae, save_sae
 from jaxinterp.sae.train import train_sweep
 
+__all__ = [
+    "DATASET_FILE",
+    "EVAL_FILE",
+    "EVAL_FRAMES",
+    "EVAL_SAMPLES",
+    "SCORED_POSITIONS",
+    "SUMMARY_FILE",
+    "activation_source",
+    "evaluate_saes",
+    "format_summary",
+    "load_member",
+    "member_dirs",
+    "plot_frontier",
+    "train_saes",
+]
+
 EVAL_SAMPLES = 65536  # held-out samples for the reconstruction metrics
 EVAL_FRAMES = 4096  # held-out frames (evenly spaced) for policy fidelity and object scores
 SCORED_POSITIONS = 262_144

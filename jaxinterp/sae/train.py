@@ -32,6 +32,23 @@ from jaxinterp.sae.config import SAEConfig
 from jaxinterp.sae.data import ActivationSource, geometric_median, input_scale
 from jaxinterp.sae.model import Hyper, SAEParams, Terms, hyper_of, init_params, loss
 
+__all__ = [
+    "BLOCK",
+    "CHECKPOINT",
+    "LOG_FILE",
+    "MEDIAN_SAMPLES",
+    "SINCE_CAP",
+    "SWEEP_FILE",
+    "SweepResult",
+    "TrainState",
+    "Trainer",
+    "group_configs",
+    "lr_schedule",
+    "make_train",
+    "stack_hypers",
+    "train_sweep",
+]
+
 SINCE_CAP = 2**30  # samples-since-fired saturates here (int32)
 MEDIAN_SAMPLES = 16384  # samples for the geometric median and the input scale
 BLOCK = 16  # batches per call of the compiled step (a lax.scan): dispatch is paid once per block
