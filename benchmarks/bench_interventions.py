@@ -4,9 +4,15 @@ forward-hook loop that runs one edit after another (the way intervention studies
 Both sides play the clean agent plus one zero-ablation per channel, each on the same ``--levels`` unseen levels
 (cloned from procgen's state), episodes to completion with sampled actions; both compute the edited and the clean
 policy every step (for the KL) and share the host bookkeeping (`play_levels`: procgen, paths, what is reached), so
-the ratio is what batching all edits into one jitted program buys. Run (needs torch; see the README):
+the ratio is what playing all edits as one batch buys: jitted passes of 32 frames, and frames shared by several
+environments (edits that leave the agent's course unchanged) computed once, with the clean and edited policies
+sharing the network up to the edited layer. Run (needs torch; see the README):
 
-    uv run python benchmarks/bench_interventions.py --layer conv_seqs.2.res_block1 --levels 64
+    uv run python benchmarks/bench_interventions.py --layer conv_seqs.2.res_block1 --levels 64 --out ablate2/
+
+The torch loop's runs are alike (one edit over the same levels each), so ``--torch-edits N`` times only N of its
+runs (clean and evenly spaced channels) and scales their mean time to every edit; the output says which figure is
+measured and which scaled. The jaxinterp side always plays the whole sweep.
 """
 
 import argparse
@@ -14,12 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+from jaxinterp.cli.startup import no_ynn_fusions
+
+no_ynn_fusions()  # as `jaxinterp intervene` runs (before JAX starts)
+
 import jax
 import numpy as np
 import torch
 
 from jaxinterp.interventions import ablate_each, make_levels, run_sweep
 from jaxinterp.interventions.play import play_levels
+from jaxinterp.report.intervention_figures import write_sweep
 from jaxinterp.rl.evaluate import level_config
 from jaxinterp.weights.store import default_checkpoint, load_agent
 
@@ -65,6 +76,10 @@ def main() -> None:
     p.add_argument("--channels", default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--torch-edits", type=int, help="time only N of the torch loop's runs and scale to all")
+    p.add_argument(
+        "--out", help="also write the jaxinterp sweep's results there (as `jaxinterp intervene --out`)"
+    )
     args = p.parse_args()
     checkpoint = default_checkpoint()
     agent = load_agent(checkpoint)
@@ -82,9 +97,18 @@ def main() -> None:
     t = time.perf_counter()
     sweep = run_sweep(agent, edits, levels, seed=args.seed, max_steps=args.max_steps, progress=False)
     jax_s = time.perf_counter() - t
+    if args.out:
+        print(f"wrote {write_sweep(args.out, sweep)}")
     t = time.perf_counter()
-    rates = torch_loop(model, args.layer, channels, levels, args.seed, args.max_steps)
-    torch_s = time.perf_counter() - t
+    n = min(args.torch_edits or len(channels), len(channels))
+    timed = [channels[i] for i in np.linspace(0, len(channels) - 1, n).round().astype(int)]
+    rates = torch_loop(model, args.layer, timed, levels, args.seed, args.max_steps)
+    torch_measured = time.perf_counter() - t
+    torch_s = torch_measured * len(channels) / len(timed)
+    if len(timed) < len(channels):
+        print(
+            f"torch loop: {torch_measured:.1f} s measured for {len(timed)} of {len(channels)} runs {timed}, scaled"
+        )
     episodes = len(sweep.which)
     print(
         "| side | seconds | episodes/s | clean success | mean success under ablation |\n|---|---|---|---|---|"

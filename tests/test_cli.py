@@ -276,6 +276,27 @@ def test_visualize_entry_exposes_one_cpu_device_per_core(preset):
     assert int(out.stdout.split()[-1]) == (3 if preset else cores)  # a count the user set is left alone
 
 
+@pytest.mark.parametrize("preset", [None, "--xla_cpu_experimental_ynn_fusion_type=dot"])
+def test_entry_turns_ynn_fusions_off_unless_told(preset):
+    import os
+    import subprocess
+    import sys
+
+    from jaxinterp.cli.startup import YNN_OFF
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if preset:
+        env["XLA_FLAGS"] = preset
+    code = (
+        "from jaxinterp.cli.startup import no_ynn_fusions as f; f(); import os, jax, jax.numpy as jnp;"
+        "print(float(jax.jit(lambda x: (x @ x).sum())(jnp.ones((4, 4))))); print(os.environ['XLA_FLAGS'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    value, flags = out.stdout.split("\n")[-3:-1]
+    assert float(value) == 64.0  # XLA knows the flag and runs
+    assert flags == (preset or YNN_OFF)  # a setting the user made is left alone
+
+
 @pytest.mark.parametrize("setting", ["dir", "off", "jax"])
 def test_entry_keeps_compiled_programs_on_disk(tmp_path, setting):
     import os

@@ -192,6 +192,42 @@ def test_the_edited_policy_acts_on_any_subset_of_the_environments_as_on_all(agen
     np.testing.assert_allclose(sub_kl, kl[envs], rtol=1e-5, atol=1e-7)
 
 
+def test_frames_shared_by_environments_pass_the_network_once_and_act_as_alone(agent, heist_frames):
+    from jaxinterp.interventions.play import edited_policy, unique_rows
+    from jaxinterp.models.agent import preprocess
+
+    obs = heist_frames[[0, 0, 0, 1, 1, 2]]
+    first, inverse = unique_rows(obs)
+    assert len(first) == 3 and (obs[first][inverse] == obs).all()
+    rows = [(), parse_edits(f"{LAYER}:all=0"), parse_edits(f"{LAYER}:3+=2@1,1")]
+    which, level_of = np.array([0, 1, 2, 0, 2, 2]), np.array([0, 0, 0, 1, 1, 2])
+    policy = edited_policy(agent, compile_edits(agent, rows), which, level_of, seed=4)
+    actions, kl = policy(obs, np.arange(6), 7)
+    for i in range(6):
+        alone_actions, alone_kl = policy(obs[i : i + 1], np.array([i]), 7)
+        assert alone_actions[0] == actions[i]
+        np.testing.assert_allclose(alone_kl[0], kl[i], rtol=1e-5, atol=1e-7)
+    # The network split at the edited layer is the whole network with the edit inside it.
+    images = preprocess(jnp.asarray(obs[:2]))
+    clean = jax.nn.log_softmax(agent.forward(agent.params, images)[agent.arch.logits])
+    zeroed = jax.nn.log_softmax(
+        agent.forward(agent.params, images, {LAYER: jnp.zeros_like})[agent.arch.logits]
+    )
+    np.testing.assert_allclose(kl[1], np.sum(np.exp(clean) * (clean - zeroed), -1)[1], rtol=1e-4)
+
+
+def test_a_level_played_alone_goes_as_among_copies_of_itself(agent, played):
+    levels, which, level_of, result = played
+    one = np.zeros(1, np.int32)
+    alone = play(
+        agent, levels, compile_edits(agent, [()]), one, one, seed=1, max_steps=25, progress_bar=False
+    )
+    i = np.flatnonzero((which == 0) & (level_of == 0))[0]
+    np.testing.assert_array_equal(alone.actions[0], result.actions[i])
+    np.testing.assert_array_equal(alone.path[0], result.path[i])
+    np.testing.assert_array_equal(alone.reached[0], result.reached[i])
+
+
 def test_every_edit_sees_the_same_levels(played):
     levels, _, level_of, result = played
     assert len(set(levels.seeds.tolist())) == 3

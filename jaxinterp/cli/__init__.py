@@ -13,7 +13,12 @@ import sys
 from importlib.metadata import version
 
 from jaxinterp.cli import agent, examples, featviz, intervene, report, sae
-from jaxinterp.cli.startup import SPLIT_CPU_COMMANDS, one_cpu_device_per_core, persistent_compile_cache
+from jaxinterp.cli.startup import (
+    SPLIT_CPU_COMMANDS,
+    no_ynn_fusions,
+    one_cpu_device_per_core,
+    persistent_compile_cache,
+)
 from jaxinterp.errors import JaxinterpError
 
 __all__ = ["build_parser", "entry", "main"]
@@ -45,6 +50,7 @@ def entry() -> int:
     """The ``jaxinterp`` console script: `main` in a fresh process, where the sharded commands first split the CPU.
     The arguments are parsed first, so that ``--help`` and usage errors answer without starting JAX."""
     args = build_parser().parse_args(sys.argv[1:])
+    no_ynn_fusions()
     if args.command in SPLIT_CPU_COMMANDS:
         one_cpu_device_per_core()
     persistent_compile_cache()

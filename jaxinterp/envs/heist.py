@@ -237,7 +237,7 @@ class HeistEnv:
         into `jaxinterp.envs.ground_truth.OBJECT_CLASSES` (read from procgen's game state, ~0.3 ms per env)."""
         from jaxinterp.envs.ground_truth import object_maps
 
-        return object_maps(self._env.get_state())
+        return object_maps(self.game_states(range(self.num_envs)))
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Apply one action per env.
@@ -301,7 +301,7 @@ class HeistEnv:
     def get_state(self) -> HeistState:
         """A snapshot that `set_state` restores exactly, for resumable rollouts and checkpoints."""
         return HeistState(
-            procgen=tuple(self._env.get_state()),
+            procgen=tuple(self.game_states(range(self.num_envs))),
             steps=self.steps,
             next_episode_id=self._next_episode_id,
             episode_id=self.episode_id.copy(),
@@ -310,6 +310,16 @@ class HeistEnv:
             episode_return=self._return.copy(),
             episode_length=self._length.copy(),
         )
+
+    def game_states(self, envs) -> list[bytes]:
+        """procgen's serialized game of the environments ``envs`` only (procgen's own `get_state` serializes all)."""
+        from procgen.env import MAX_STATE_SIZE
+
+        buf = self._env._ffi.new(f"char[{MAX_STATE_SIZE}]")
+        return [
+            bytes(self._env._ffi.buffer(buf, self._env.call_c_func("get_state", int(i), buf, MAX_STATE_SIZE)))
+            for i in envs
+        ]
 
     def set_state(self, state: HeistState) -> None:
         """Continue from a `get_state` snapshot taken from an env with the same config."""

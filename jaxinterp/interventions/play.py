@@ -1,7 +1,7 @@
 """Playing Heist under many edits at once: environment i plays level ``levels[i]`` under edit ``which[i]``, all in
 one vectorized batch, each level cloned from procgen's serialized state so that every edit sees the same levels.
 
-One jitted step computes the edited policy and the clean one on the same frames (the KL between them, per step),
+Jitted steps compute the edited policy and the clean one on the same frames (the KL between them, per step),
 samples actions with keys that depend on the level and the step only (an empty edit replays the clean agent exactly),
 and the host reads each game's entities to follow the agent's path and what it reaches first.
 """
@@ -22,7 +22,7 @@ from jaxinterp.envs.heist import HeistConfig, HeistEnv
 from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
-from jaxinterp.models.agent import CPU_PASS_SIZE, Agent, pass_size, preprocess
+from jaxinterp.models.agent import CPU_PASS_SIZE, INFERENCE_OPTIONS, OBS_SHAPE, Agent, preprocess
 
 __all__ = [
     "EVENTS",
@@ -43,12 +43,13 @@ MAX_STEPS = 1000
 EVENTS = ("key_blue", "key_green", "key_red", "lock_blue", "lock_green", "lock_red", "gem")
 """What the agent can reach, in the order of `Play.reached` (a key picked up, a lock opened, the gem)."""
 
+_FRAME_PASS = 8
+"""Distinct frames per network pass on CPU: a pass of 8 frames costs as much per frame as one of 32 (0.36 vs 0.37 ms
+to the last stage on the 2-core CPU) and pads a step's frames with fewer repeats."""
+
 _PLAYER, _LOCK, _KEY, _GEM = 0, 1, 2, 9
+_ACTIONS = 16  # more than Heist's 15 actions: a group and an action as one number
 _COLOURS = ("blue", "green", "red")
-_MIN_BUCKET = CPU_PASS_SIZE
-"""Running environments are passed to the network in batches of a power of two (at least one CPU pass), so a
-handful of programs are compiled while the batch empties (failing episodes run to the timeout long after most have
-ended)."""
 
 
 class Levels(NamedTuple):
@@ -88,41 +89,64 @@ class Play(NamedTuple):
         return np.where((self.reached >= 0).any(1), first, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("slots", "greedy"))
-def _policy(agent: Agent, obs, arrays, which, level, step, key, *, slots: tuple[Slot, ...], greedy: bool):
-    """Edited actions and KL(clean || edited) for a batch of frames (a multiple of `pass_size` rows, run pass by
-    pass: XLA:CPU's convolutions are fastest on batches of 32); ``which``/``level`` per row."""
-    rows = pass_size(obs.shape[0])
+@functools.partial(jax.jit, static_argnames=("layer",), compiler_options=INFERENCE_OPTIONS)
+def _trunk(agent: Agent, obs, *, layer: str):
+    """Activation ``layer`` of a batch of frames (XLA drops the network after it)."""
+    return agent.forward(agent.params, preprocess(obs))[layer]
 
-    def one_pass(inputs):
-        i, obs, which, level = inputs
-        images = preprocess(obs)
-        edit_key = jax.random.fold_in(jax.random.fold_in(key, -1 - step), i)
 
-        def edit_layer(layer):
-            def edit(acts):
-                for j, (slot, arr) in enumerate(zip(slots, arrays, strict=True)):
-                    if slot.layer == layer:
-                        acts = apply_slot(slot, arr, which, acts, jax.random.fold_in(edit_key, j))
-                return acts
+@functools.partial(jax.jit, static_argnames=("layer", "slots", "greedy"), compiler_options=INFERENCE_OPTIONS)
+def _head(
+    agent: Agent, acts, arrays, which, level, step, chunk, key, *, layer, slots: tuple[Slot, ...], greedy
+):
+    """Edited actions and KL(clean || edited) from activations ``acts`` of ``layer`` (the first edited layer): the
+    network from there on, once with the edits of row ``which`` and once without; ``level`` per row for the keys of
+    the actions, ``(step, chunk)`` for those of the edits that draw (resampling)."""
+    edit_key = jax.random.fold_in(jax.random.fold_in(key, -1 - step), chunk)
+    blank = jnp.zeros(
+        (acts.shape[0], *OBS_SHAPE), jnp.float32
+    )  # unused: the network before `layer` is dropped
 
-            return edit
+    def edit_layer(name):
+        def edit(a):
+            a = acts if name == layer else a
+            for j, (slot, arr) in enumerate(zip(slots, arrays, strict=True)):
+                if slot.layer == name:
+                    a = apply_slot(slot, arr, which, a, jax.random.fold_in(edit_key, j))
+            return a
 
-        perturb = {slot.layer: edit_layer(slot.layer) for slot in slots}
-        edited = agent.forward(agent.params, images, perturb)[agent.arch.logits]
-        clean = agent.forward(agent.params, images)[agent.arch.logits] if slots else edited
-        lp, lq = jax.nn.log_softmax(clean), jax.nn.log_softmax(edited)
-        kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
-        keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
-        actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
-        return actions.astype(jnp.int32), kl
+        return edit
 
-    split = (
-        jnp.arange(obs.shape[0] // rows),
-        *(x.reshape(-1, rows, *x.shape[1:]) for x in (obs, which, level)),
-    )
-    actions, kl = jax.lax.map(one_pass, split)
-    return actions.reshape(-1), kl.reshape(-1)
+    perturb = {name: edit_layer(name) for name in {layer, *(s.layer for s in slots)}}
+    edited = agent.forward(agent.params, blank, perturb)[agent.arch.logits]
+    clean = agent.forward(agent.params, blank, {layer: lambda _: acts})[agent.arch.logits]
+    lp, lq = jax.nn.log_softmax(clean), jax.nn.log_softmax(edited)
+    kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
+    keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
+    actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
+    return actions.astype(jnp.int32), kl
+
+
+def _chunks(idx: np.ndarray, size: int) -> np.ndarray:
+    """``idx`` padded with repeats of itself and split into the batches the network runs: passes of ``size`` rows on
+    CPU (one compiled shape), else one batch of a power of two (a handful of shapes as the environments finish)."""
+    if jax.default_backend() == "cpu":
+        return np.resize(idx, -(-len(idx) // size) * size).reshape(-1, size)
+    return np.resize(idx, 1 << (len(idx) - 1).bit_length())[None]
+
+
+def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)`` of the distinct rows of ``x``, exactly: ``x[first][inverse] == x``. Rows are grouped by
+    a 64-bit multiplicative hash of their bytes and the grouping is checked byte for byte (a whole-row sort if a hash
+    ever collided): far cheaper than sorting 12 kB frames."""
+    flat = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)
+    flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 8)))
+    words = flat.view(np.uint64)
+    multipliers = np.random.default_rng(0).integers(0, 2**63, words.shape[1], np.uint64) * 2 + 1
+    _, first, inverse = np.unique((words * multipliers).sum(1), return_index=True, return_inverse=True)
+    if not (flat[first[inverse]] == flat).all():
+        _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
 
 
 def _things(entities) -> tuple[tuple[float, float], np.ndarray]:
@@ -159,15 +183,27 @@ def edited_policy(
     slots = tuple(edits)
     arrays = tuple(edits[s] for s in slots)
     key = jax.random.key(seed)
+    edits_n, levels_n = int(which.max(initial=0)) + 1, int(level_of.max(initial=0)) + 1
+    layer = min((s.layer for s in slots), key=agent.layer_names.index, default=agent.arch.logits)
 
     def policy(obs, envs, t):
-        # Padded to a power of two with repeats of itself: a handful of compiled shapes as the batch empties.
-        rows = np.resize(np.arange(len(envs)), max(_MIN_BUCKET, 1 << (len(envs) - 1).bit_length()))
-        ids = envs[rows]
-        act, kl = _policy(
-            agent, obs[rows], arrays, which[ids], level_of[ids], t, key, slots=slots, greedy=greedy
+        # Frames that several environments share (edits that have not changed the agent's course yet, or never do)
+        # pass through the network before `layer` once; the rest of it runs once per distinct (frame, edit, level).
+        frame, frame_of = unique_rows(obs)
+        rows = np.stack([frame_of, which[envs], level_of[envs]], 1).astype(np.int64)
+        keys = (rows[:, 0] * edits_n + rows[:, 1]) * levels_n + rows[:, 2]
+        _, pair, pair_of = np.unique(keys, return_index=True, return_inverse=True)
+        acts = np.concatenate(
+            [np.asarray(_trunk(agent, obs[c], layer=layer)) for c in _chunks(frame, _FRAME_PASS)]
         )
-        return np.asarray(act)[: len(envs)], np.asarray(kl)[: len(envs)]
+        options = {"layer": layer, "slots": slots, "greedy": greedy}
+        heads = [
+            _head(agent, acts[frame_of[c]], arrays, rows[c, 1], rows[c, 2], t, i, key, **options)
+            for i, c in enumerate(_chunks(pair, CPU_PASS_SIZE))
+        ]
+        act, kl = (np.concatenate([np.asarray(h[j]) for h in heads])[: len(pair)] for j in (0, 1))
+        pair_of = pair_of.reshape(-1)
+        return act[pair_of], kl[pair_of]
 
     return policy
 
@@ -256,21 +292,29 @@ class EpisodeLog:
         self.path = np.full((n, MAX_STEPS + 1, 2), np.nan, np.float32)
         self.kl = np.full((n, MAX_STEPS), np.nan, np.float32)
         self.actions = np.full((n, MAX_STEPS), -1, np.int8)
+        self.group = np.asarray(level_of, np.int64).copy()  # envs of one group are in the same game state
 
     def look(self, env: HeistEnv, envs: np.ndarray, t: int) -> None:
-        """Read the entities of ``envs`` (still in their first episode) at step ``t``."""
+        """Read the entities of ``envs`` (still in their first episode) at step ``t``: one game per `group`."""
         if not len(envs):
             return
-        states = env.get_state().procgen
-        for i in envs:
+        _, first, inverse = np.unique(self.group[envs], return_index=True, return_inverse=True)
+        for game, i in zip(env.game_states(envs[first]), envs[first], strict=True):
             level = self.level_of[i]
-            (x, y), count = _things(read_entities(states[i]))
+            (x, y), count = _things(read_entities(game))
             self.path[i, t] = to_pixels(self.layouts[level], x, y)
             new = (count < self.start_things[level]) & (self.reached[i] < 0)
             self.reached[i, new] = t
+        copies = envs[first][inverse.reshape(-1)]
+        self.path[envs, t], self.reached[envs] = self.path[copies, t], self.reached[copies]
 
     def record(self, running, t, actions, kl, done, success) -> None:
         self.actions[running, t] = actions[running]
+        # Same level and same actions so far: the same game (procgen steps deterministically from a cloned state).
+        _, regrouped = np.unique(
+            np.stack([self.group[running], actions[running]], 1), axis=0, return_inverse=True
+        )
+        self.group[running] = self.group.max() + 1 + regrouped.reshape(-1)
         self.kl[running, t] = kl
         ended = running[done[running]]
         self.length[ended] = t + 1
