@@ -22,7 +22,7 @@ from jaxinterp.envs.heist import HeistConfig, HeistEnv
 from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
-from jaxinterp.models.agent import CPU_PASS_SIZE, INFERENCE_OPTIONS, OBS_SHAPE, Agent, preprocess
+from jaxinterp.models.agent import CPU_PASS_SIZE, OBS_SHAPE, Agent, preprocess
 
 __all__ = [
     "EVENTS",
@@ -89,13 +89,13 @@ class Play(NamedTuple):
         return np.where((self.reached >= 0).any(1), first, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("layer",), compiler_options=INFERENCE_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("layer",))
 def _trunk(agent: Agent, obs, *, layer: str):
     """Activation ``layer`` of a batch of frames (XLA drops the network after it)."""
     return agent.forward(agent.params, preprocess(obs))[layer]
 
 
-@functools.partial(jax.jit, static_argnames=("layer", "slots", "greedy"), compiler_options=INFERENCE_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("layer", "slots", "greedy"))
 def _head(
     agent: Agent, acts, arrays, which, level, step, chunk, key, *, layer, slots: tuple[Slot, ...], greedy
 ):

@@ -18,7 +18,6 @@ from jaxinterp.models.impala import Architecture, activation_shapes, get_archite
 __all__ = [
     "CPU_PASS_SIZE",
     "DATA",
-    "INFERENCE_OPTIONS",
     "OBS_SHAPE",
     "ROWS",
     "Agent",
@@ -193,12 +192,6 @@ def parse_channels(spec: str | int | Sequence[int] | None, n: int, what: str = "
 CPU_PASS_SIZE = 32
 """Frames per network pass on CPU: XLA:CPU's convolutions run up to 2x faster per frame on batches of 32 than
 of 512 (`benchmarks/bench_ppo_step.py`: the working set outgrows the caches)."""
-
-
-INFERENCE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-"""XLA options for jitted forward passes: XLA:CPU's YNNPACK fusions off. The network's forward pass to the last stage
-then runs 2.1x faster on the 2-core CPU (32-frame passes: 32.1 -> 14.9 ms, `benchmarks/RESULTS.md`); a CPU-only
-option that other backends ignore."""
 
 
 def pass_size(batch: int, size: int | None = None) -> int:
