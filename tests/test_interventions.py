@@ -228,6 +228,22 @@ def test_a_level_played_alone_goes_as_among_copies_of_itself(agent, played):
     np.testing.assert_array_equal(alone.reached[0], result.reached[i])
 
 
+def test_the_special_actions_leave_the_game_as_standing_still_does():
+    """Batched play reads one game per group of environments with the same moves: this is what makes it exact."""
+    from jaxinterp.envs.heist import MOVE_OF_ACTION
+    from jaxinterp.interventions.play import _start
+
+    levels = make_levels(HeistConfig(num_envs=1, seed=3))
+    still = [a for a, m in enumerate(MOVE_OF_ACTION) if m == 4]
+    env, _ = _start(levels, np.zeros(len(still), np.int32))
+    for move in (7, 4, 5, 4, 0, 4, 4, 8):
+        actions = np.array(still if move == 4 else [move] * len(still), np.int32)
+        env.step(actions)
+        if move != 4:  # the next step overwrote what the special action left
+            assert len(set(env.game_states(range(len(still))))) == 1
+    env.close()
+
+
 def test_every_edit_sees_the_same_levels(played):
     levels, _, level_of, result = played
     assert len(set(levels.seeds.tolist())) == 3

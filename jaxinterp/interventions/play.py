@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxinterp import progress
 from jaxinterp.envs.ground_truth import parse_state, read_entities, to_pixels
-from jaxinterp.envs.heist import HeistConfig, HeistEnv
+from jaxinterp.envs.heist import MOVE_OF_ACTION, HeistConfig, HeistEnv
 from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
@@ -48,7 +48,8 @@ _FRAME_PASS = 8
 to the last stage on the 2-core CPU) and pads a step's frames with fewer repeats."""
 
 _PLAYER, _LOCK, _KEY, _GEM = 0, 1, 2, 9
-_ACTIONS = 16  # more than Heist's 15 actions: a group and an action as one number
+_MOVES = np.array(MOVE_OF_ACTION)
+_ACTIONS = 16  # more than Heist's 15 actions: a group and a move as one number
 _COLOURS = ("blue", "green", "red")
 
 
@@ -310,11 +311,11 @@ class EpisodeLog:
 
     def record(self, running, t, actions, kl, done, success) -> None:
         self.actions[running, t] = actions[running]
-        # Same level and same actions so far: the same game (procgen steps deterministically from a cloned state).
-        _, regrouped = np.unique(
-            np.stack([self.group[running], actions[running]], 1), axis=0, return_inverse=True
-        )
-        self.group[running] = self.group.max() + 1 + regrouped.reshape(-1)
+        # Same level and same moves so far: the same game (procgen steps deterministically from a cloned state; the
+        # special actions stand still, and differ from action 4 only in a field that the next step overwrites).
+        move = _MOVES[actions[running]]
+        _, regrouped = np.unique(self.group[running] * _ACTIONS + move, return_inverse=True)
+        self.group[running] = regrouped.reshape(-1)
         self.kl[running, t] = kl
         ended = running[done[running]]
         self.length[ended] = t + 1
