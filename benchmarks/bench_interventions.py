@@ -4,9 +4,9 @@ forward-hook loop that runs one edit after another (the way intervention studies
 Both sides play the clean agent plus one zero-ablation per channel, each on the same ``--levels`` unseen levels
 (cloned from procgen's state), episodes to completion with sampled actions; both compute the edited and the clean
 policy every step (for the KL) and share the host bookkeeping (`play_levels`: procgen, paths, what is reached), so
-the ratio is what playing all edits as one batch buys: jitted passes of 32 frames, and frames shared by several
-environments (edits that leave the agent's course unchanged) computed once, with the clean and edited policies
-sharing the network up to the edited layer. Run (needs torch; see the README):
+the ratio is what playing all edits as one batch buys: frames shared by several environments (edits that leave the
+agent's course unchanged) pass the network up to the edited layer once, for the clean and the edited policy alike,
+and games in the same state are read once. Run (needs torch; see the README):
 
     uv run python benchmarks/bench_interventions.py --layer conv_seqs.2.res_block1 --levels 64 --out ablate2/
 

@@ -104,9 +104,8 @@ def _head(
     network from there on, once with the edits of row ``which`` and once without; ``level`` per row for the keys of
     the actions, ``(step, chunk)`` for those of the edits that draw (resampling)."""
     edit_key = jax.random.fold_in(jax.random.fold_in(key, -1 - step), chunk)
-    blank = jnp.zeros(
-        (acts.shape[0], *OBS_SHAPE), jnp.float32
-    )  # unused: the network before `layer` is dropped
+    # Frames the forward never reads: XLA drops the network before `layer`, whose activation is `acts`.
+    blank = jnp.zeros((acts.shape[0], *OBS_SHAPE), jnp.float32)
 
     def edit_layer(name):
         def edit(a):
