@@ -197,8 +197,8 @@ def test_frames_shared_by_environments_pass_the_network_once_and_act_as_alone(ag
     from jaxinterp.models.agent import preprocess
 
     obs = heist_frames[[0, 0, 0, 1, 1, 2]]
-    first, inverse = unique_rows(obs)
-    assert len(first) == 3 and (obs[first][inverse] == obs).all()
+    first, inverse, hashes = unique_rows(obs)
+    assert len(first) == 3 and (obs[first][inverse] == obs).all() and len(set(hashes)) == 3
     rows = [(), parse_edits(f"{LAYER}:all=0"), parse_edits(f"{LAYER}:3+=2@1,1")]
     which, level_of = np.array([0, 1, 2, 0, 2, 2]), np.array([0, 0, 0, 1, 1, 2])
     policy = edited_policy(agent, compile_edits(agent, rows), which, level_of, seed=4)
@@ -214,6 +214,35 @@ def test_frames_shared_by_environments_pass_the_network_once_and_act_as_alone(ag
         agent.forward(agent.params, images, {LAYER: jnp.zeros_like})[agent.arch.logits]
     )
     np.testing.assert_allclose(kl[1], np.sum(np.exp(clean) * (clean - zeroed), -1)[1], rtol=1e-4)
+
+
+def test_frames_seen_on_earlier_steps_act_as_new_ones(agent, heist_frames):
+    """The activations kept from earlier steps give what the network gives (with a cache too small to keep
+    anything, every frame passes the network); the cache stays within its memory, the least recently used
+    dropped first."""
+    from jaxinterp.interventions.play import Recent, edited_policy
+
+    rows = [(), parse_edits(f"{LAYER}:all=0")]
+    which, level_of = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    steps = [heist_frames[[0, 0, 1, 1]], heist_frames[[2, 0, 3, 1]], heist_frames[[0, 2, 1, 3]]]
+    edits = compile_edits(agent, rows)
+    kept = edited_policy(agent, edits, which, level_of, seed=4)
+    fresh = edited_policy(agent, edits, which, level_of, seed=4, cache_bytes=0)
+    for t, obs in enumerate(steps):
+        (a, kl), (b, kl_fresh) = kept(obs, np.arange(4), t), fresh(obs, np.arange(4), t)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(kl, kl_fresh, rtol=1e-5, atol=1e-7)
+    # frames 0 and 1 were seen before on the second step, all four on the third
+    assert kept.recent.hits == 2 + 4 and fresh.recent.hits == 0
+    frame, act = np.zeros(10, np.uint8), np.ones(5, np.float32)  # 30 bytes an entry
+    recent = Recent(max_bytes=100)  # room for three
+    for key in range(3):
+        recent.put(key, frame + key, act * key)
+    assert recent.bytes == 90 and recent.get(0, frame) is not None  # 0 is now the most recently used
+    recent.put(3, frame + 3, act)
+    assert recent.bytes == 90 and recent.get(1, frame + 1) is None and recent.get(0, frame) is not None
+    assert recent.get(3, frame) is None  # a hash that matches another frame is a miss
+    assert recent.hits == 2
 
 
 def test_a_level_played_alone_goes_as_among_copies_of_itself(agent, played):

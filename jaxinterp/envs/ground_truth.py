@@ -51,6 +51,7 @@ _WALL_OBJ, _PLAYER, _LOCKED_DOOR, _KEY, _EXIT, _KEY_ON_RING = 51, 0, 1, 2, 9, 11
 _SERIALIZE_VERSION = 0
 _RES = 64
 _ENTITY_FIELDS = "ffffffiiiiiifffiiiiiifiiiffffff"  # Entity::serialize, 31 fields
+_ENTITY = np.dtype([(f"f{i}", "<f4" if c == "f" else "<i4") for i, c in enumerate(_ENTITY_FIELDS)])
 _LABEL = {name: i for i, name in enumerate(OBJECT_CLASSES)}
 
 
@@ -113,14 +114,20 @@ def _read_entities(r: _Reader) -> tuple[Entity, ...]:
     r.skip("fiiiiiiiiifiiii")  # step data, action/timeout, seeds/episodes, reward timer, time
     # BasicAbstractGame::serialize
     r.int()  # grid_size
-    entities = []
-    for _ in range(r.int()):
-        f = r.take(_ENTITY_FIELDS)
-        x, y, _, _, rx, ry, etype, _, theme, render_z, will_erase = f[:11]
-        if not will_erase:
-            turned = bool(abs(np.sin(f[13])) > 0.5)
-            entities.append(Entity(etype, theme, x, y, rx, ry, render_z, bool(f[20]), turned))
-    return tuple(entities)
+    n = r.int()
+    if not 0 <= n <= (len(r.data) - r.offset) // _ENTITY.itemsize:
+        raise JaxinterpError("procgen state ended early: not a Heist state of procgen 0.10's format")
+    table = np.frombuffer(r.data, _ENTITY, n, r.offset)  # one read for every entity's fields
+    r.offset += n * _ENTITY.itemsize
+    table = table[table["f10"] == 0]  # will_erase: gone before the frame is drawn
+    columns = (table[f] for f in ("f6", "f8", "f0", "f1", "f4", "f5", "f9", "f20"))
+    turned = np.abs(np.sin(table["f13"].astype(np.float64))) > 0.5  # rotation
+    return tuple(
+        Entity(etype, theme, x, y, rx, ry, render_z, bool(abs_coords), bool(t))
+        for etype, theme, x, y, rx, ry, render_z, abs_coords, t in zip(
+            *(c.tolist() for c in columns), turned.tolist(), strict=True
+        )
+    )
 
 
 def read_entities(data: bytes) -> tuple[Entity, ...]:

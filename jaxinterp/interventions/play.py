@@ -9,6 +9,7 @@ and the host reads each game's entities to follow the agent's path and what it r
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -27,14 +28,18 @@ from jaxinterp.models.agent import CPU_PASS_SIZE, OBS_SHAPE, Agent, preprocess
 __all__ = [
     "EVENTS",
     "MAX_STEPS",
+    "RECENT_BYTES",
     "EpisodeLog",
     "Levels",
     "Play",
     "Policy",
+    "Recent",
     "edited_policy",
+    "head_pass",
     "make_levels",
     "play",
     "play_levels",
+    "unique_rows",
 ]
 
 MAX_STEPS = 1000
@@ -46,6 +51,14 @@ EVENTS = ("key_blue", "key_green", "key_red", "lock_blue", "lock_green", "lock_r
 _FRAME_PASS = 8
 """Distinct frames per network pass on CPU: a pass of 8 frames costs as much per frame as one of 32 (0.36 vs 0.37 ms
 to the last stage on the 2-core CPU) and pads a step's frames with fewer repeats."""
+
+_HEAD_PASS_MAX = 128
+"""Most rows per pass of the network after the edited layer on CPU (see `head_pass`); on the last stage's output
+(the head is the dense layers only) passes of 128 rows took half the time of passes of 32 in a 16-level sweep."""
+
+RECENT_BYTES = 2**29
+"""Memory for the activations of frames seen on earlier steps (see `Recent`): a frame to the last stage and its
+activation take ~20 kB, so ~25,000 frames."""
 
 _PLAYER, _LOCK, _KEY, _GEM = 0, 1, 2, 9
 _MOVES = np.array(MOVE_OF_ACTION)
@@ -135,18 +148,57 @@ def _chunks(idx: np.ndarray, size: int) -> np.ndarray:
     return np.resize(idx, 1 << (len(idx) - 1).bit_length())[None]
 
 
-def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, inverse)`` of the distinct rows of ``x``, exactly: ``x[first][inverse] == x``. Rows are grouped by
-    a 64-bit multiplicative hash of their bytes and the grouping is checked byte for byte (a whole-row sort if a hash
-    ever collided): far cheaper than sorting 12 kB frames."""
+def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first, inverse, hashes)`` of the distinct rows of ``x``, exactly: ``x[first][inverse] == x``, and a 64-bit
+    hash of each distinct row. Rows are grouped by a multiplicative hash of their bytes and the grouping is checked
+    byte for byte (a whole-row sort if a hash ever collided): far cheaper than sorting 12 kB frames."""
     flat = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)
     flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 8)))
     words = flat.view(np.uint64)
     multipliers = np.random.default_rng(0).integers(0, 2**63, words.shape[1], np.uint64) * 2 + 1
-    _, first, inverse = np.unique((words * multipliers).sum(1), return_index=True, return_inverse=True)
+    hashes = (words * multipliers).sum(1)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
     if not (flat[first[inverse]] == flat).all():
         _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+    return first, inverse.reshape(-1), hashes[first]
+
+
+class Recent:
+    """Activations of frames seen on earlier steps, by frame hash, the least recently used dropped beyond
+    ``max_bytes``; a hit is checked byte for byte. Agents pace corridors: a quarter of the distinct frames of a
+    16-level sweep of the last stage had been seen on an earlier step."""
+
+    def __init__(self, max_bytes: int = RECENT_BYTES):
+        self.max_bytes, self.bytes, self.hits = max_bytes, 0, 0
+        self._store: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, key: int, frame: np.ndarray) -> np.ndarray | None:
+        kept = self._store.get(key)
+        if kept is None or not np.array_equal(kept[0], frame):
+            return None
+        self._store.move_to_end(key)
+        self.hits += 1
+        return kept[1]
+
+    def put(self, key: int, frame: np.ndarray, act: np.ndarray) -> None:
+        size = frame.nbytes + act.nbytes
+        if size > self.max_bytes:
+            return
+        old = self._store.pop(key, None)
+        self.bytes += size - (old[0].nbytes + old[1].nbytes if old else 0)
+        self._store[key] = (frame.copy(), act.copy())
+        while self.bytes > self.max_bytes:
+            dropped = self._store.popitem(last=False)[1]
+            self.bytes -= dropped[0].nbytes + dropped[1].nbytes
+
+
+def head_pass(agent: Agent, layer: str) -> int:
+    """Rows per pass of the network after ``layer``: `CPU_PASS_SIZE` times the share of the whole network's
+    activations that come after it (the same working set per pass), a power of two up to `_HEAD_PASS_MAX`."""
+    sizes = [int(np.prod(agent.layer_shapes[n])) for n in agent.layer_names]
+    after = sum(sizes[agent.layer_names.index(layer) :])
+    rows = CPU_PASS_SIZE * sum(sizes) // max(after, 1)
+    return min(_HEAD_PASS_MAX, 1 << (rows.bit_length() - 1))
 
 
 def _things(entities) -> tuple[tuple[float, float], np.ndarray]:
@@ -174,9 +226,11 @@ def edited_policy(
     *,
     seed: int = 0,
     greedy: bool = False,
+    cache_bytes: int = RECENT_BYTES,
 ) -> Policy:
     """The `Policy` of env i playing under edit row ``which[i]`` of ``edits`` (from `compile_edits`); its actions
-    are drawn with keys of (``seed``, level, step), so two envs on one level under no edit act alike."""
+    are drawn with keys of (``seed``, level, step), so two envs on one level under no edit act alike. Activations of
+    frames seen on earlier steps are kept in ``cache_bytes`` of memory (`Recent`)."""
     which, level_of = np.asarray(which, np.int32), np.asarray(level_of, np.int32)
     if which.shape != level_of.shape:
         raise JaxinterpError("`which` and `level_of` must have the same length (one entry per environment)")
@@ -186,25 +240,41 @@ def edited_policy(
     edits_n, levels_n = int(which.max(initial=0)) + 1, int(level_of.max(initial=0)) + 1
     layer = min((s.layer for s in slots), key=agent.layer_names.index, default=agent.arch.logits)
 
+    recent = Recent(cache_bytes)
+    shape = agent.layer_shapes[layer]
+    head_rows = head_pass(agent, layer)
+
     def policy(obs, envs, t):
         # Frames that several environments share (edits that have not changed the agent's course yet, or never do)
-        # pass through the network before `layer` once; the rest of it runs once per distinct (frame, edit, level).
-        frame, frame_of = unique_rows(obs)
+        # pass through the network before `layer` once, or not at all if seen on an earlier step; the rest of it
+        # runs once per distinct (frame, edit, level).
+        frame, frame_of, hashes = unique_rows(obs)
         rows = np.stack([frame_of, which[envs], level_of[envs]], 1).astype(np.int64)
         keys = (rows[:, 0] * edits_n + rows[:, 1]) * levels_n + rows[:, 2]
         _, pair, pair_of = np.unique(keys, return_index=True, return_inverse=True)
-        acts = np.concatenate(
-            [np.asarray(_trunk(agent, obs[c], layer=layer)) for c in _chunks(frame, _FRAME_PASS)]
-        )
+        acts = np.empty((len(frame), *shape), np.float32)
+        seen = [recent.get(int(h), obs[f]) for h, f in zip(hashes, frame, strict=True)]
+        new = np.array([j for j, a in enumerate(seen) if a is None], np.int64)
+        for j, a in enumerate(seen):
+            if a is not None:
+                acts[j] = a
+        if len(new):
+            computed = [
+                np.asarray(_trunk(agent, obs[c], layer=layer)) for c in _chunks(frame[new], _FRAME_PASS)
+            ]
+            acts[new] = np.concatenate(computed)[: len(new)]
+            for j in new:
+                recent.put(int(hashes[j]), obs[frame[j]], acts[j])
         options = {"layer": layer, "slots": slots, "greedy": greedy}
         heads = [
             _head(agent, acts[frame_of[c]], arrays, rows[c, 1], rows[c, 2], t, i, key, **options)
-            for i, c in enumerate(_chunks(pair, CPU_PASS_SIZE))
+            for i, c in enumerate(_chunks(pair, head_rows))
         ]
         act, kl = (np.concatenate([np.asarray(h[j]) for h in heads])[: len(pair)] for j in (0, 1))
         pair_of = pair_of.reshape(-1)
         return act[pair_of], kl[pair_of]
 
+    policy.recent = recent  # its hit count, for whoever wants to see how much the cache saved
     return policy
 
 
