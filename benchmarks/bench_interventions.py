@@ -50,7 +50,7 @@ def torch_loop(model, layer: str, channels: list[int | None], levels, seed: int,
             out[:, c] = 0
             return out
 
-        def policy(obs, envs, t, gen=gen, c=c):
+        def policy(obs, envs, t, _same, gen=gen, c=c):
             x = torch.as_tensor(obs)
             with torch.inference_mode():
                 clean = model(x)[0]

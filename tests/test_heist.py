@@ -106,3 +106,23 @@ def test_same_seed_same_levels_and_state_restores_exactly(tmp_path):
 
     with pytest.raises(JaxinterpError, match="same HeistConfig"):
         HeistEnv(HeistConfig(num_envs=2)).set_state(state)
+
+
+def test_keep_only_continues_the_chosen_envs_exactly():
+    config = HeistConfig(num_envs=4, seed=2)
+    actions = np.random.default_rng(3).integers(0, NUM_ACTIONS, (200, 4))
+    a, b = HeistEnv(config), HeistEnv(config)
+    _play(a, actions[:60])
+    _play(b, actions[:60])
+    ids = b.episode_id.copy()
+    kept = b.keep_only([3, 1])
+    assert kept.num_envs == 2 and kept.steps == 60 and kept.config.seed == 2
+    np.testing.assert_array_equal(kept.observe(), a.observe()[[3, 1]])
+    np.testing.assert_array_equal(kept.episode_id, ids[[3, 1]])
+    expected = _play(a, actions[60:])
+    got = _play(kept, actions[60:, [3, 1]])
+    for x, y in zip(
+        expected, got, strict=True
+    ):  # frames, rewards, ends (new episodes' ids are this env's own)
+        for u, v in zip(x[1:4], y[1:4], strict=True):
+            np.testing.assert_array_equal(u[[3, 1]], v)

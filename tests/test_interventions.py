@@ -216,6 +216,31 @@ def test_frames_shared_by_environments_pass_the_network_once_and_act_as_alone(ag
     np.testing.assert_allclose(kl[1], np.sum(np.exp(clean) * (clean - zeroed), -1)[1], rtol=1e-4)
 
 
+def test_environments_labelled_alike_see_the_same_frame(agent):
+    """`play_levels` labels environments in one game state (same level, same moves): their frames are equal, and
+    `unique_rows` reading one row per label finds what reading every row finds."""
+    from jaxinterp.interventions.play import edited_policy, play_levels, unique_rows
+
+    levels = make_levels(HeistConfig(num_envs=2, num_levels=0, start_level=0, seed=5))
+    rows = [(), parse_edits(f"{LAYER}:3=0"), parse_edits(f"{LAYER}:all+=50")]  # alike, then far apart
+    which, level_of = np.repeat(np.arange(3), 2), np.tile(np.arange(2), 3)
+    inner = edited_policy(agent, compile_edits(agent, rows), which, level_of, seed=1)
+    shared = []
+
+    def checked(obs, envs, t, same):
+        for label in np.unique(same):
+            group = obs[same == label]
+            assert (group == group[0]).all(), f"step {t}: environments labelled alike see different frames"
+            shared.append(len(group) > 1)
+        first, inverse, hashes = unique_rows(obs, same)
+        plain = unique_rows(obs)
+        assert (obs[first][inverse] == obs).all() and sorted(hashes) == sorted(plain[2])
+        return inner(obs, envs, t, same)
+
+    play_levels(checked, levels, level_of, max_steps=30, progress_bar=False)
+    assert any(shared) and not all(shared)  # groups formed, and some edits changed the course
+
+
 def test_frames_seen_on_earlier_steps_act_as_new_ones(agent, heist_frames):
     """The activations kept from earlier steps give what the network gives (with a cache too small to keep
     anything, every frame passes the network); the cache stays within its memory, the least recently used
@@ -327,3 +352,29 @@ def test_a_sweep_plays_every_edit_on_every_level_and_draws_it(agent, tmp_path):
     assert (sheet == EDIT_COLOUR).all(-1).sum() > 20  # the edited path is drawn
     gif = Image.open(tmp_path / "episode_2.gif")
     assert 1 < gif.n_frames <= 13 and gif.size == (2 * 64 * 3 + 6, 64 * 3)  # Pillow merges repeated frames
+
+
+@pytest.mark.slow
+def test_environments_left_playing_continue_in_a_smaller_env_and_play_the_same(monkeypatch):
+    """Episodes of the shipped agent end at different steps: dropping the finished environments from procgen
+    (`HeistEnv.keep_only`) changes nothing that is played or recorded, kept frames included."""
+    from jaxinterp.envs.heist import HeistEnv
+    from jaxinterp.weights.store import default_checkpoint
+
+    shipped = jaxinterp.load_agent(default_checkpoint())
+    levels = make_levels(HeistConfig(num_envs=4, num_levels=0, start_level=0, seed=11))
+    rows = [(), parse_edits("conv_seqs.2.res_block1:5=0")]
+    which, level_of = np.repeat(np.arange(2), 4), np.tile(np.arange(4), 2)
+    shrinks = []
+    keep_only = HeistEnv.keep_only
+    monkeypatch.setattr(
+        HeistEnv, "keep_only", lambda self, envs: shrinks.append(len(envs)) or keep_only(self, envs)
+    )
+    edits = compile_edits(shipped, rows)
+    options = {"seed": 2, "max_steps": 400, "keep_frames": [0, 5], "progress_bar": False}
+    small = play(shipped, levels, edits, which, level_of, **options)
+    whole = play(shipped, levels, edits, which, level_of, shrink=False, **options)
+    assert shrinks and shrinks[0] <= 4, shrinks  # the env shrank while some played on
+    assert len(np.unique(small.length)) > 2
+    for field in small._fields:
+        np.testing.assert_array_equal(getattr(small, field), getattr(whole, field), err_msg=field)

@@ -230,7 +230,7 @@ class HeistEnv:
     def observe(self) -> np.ndarray:
         """The current observations, uint8 (num_envs, 64, 64, 3); a copy the caller may keep."""
         _, obs, _ = self._env.observe()
-        return np.array(obs["rgb"], copy=True)
+        return obs["rgb"]  # gym3 hands over a copy (its `reuse_arrays` is off)
 
     def object_maps(self) -> np.ndarray:
         """uint8 (num_envs, 64, 64): which game object each pixel of the current observations shows, as indices
@@ -269,7 +269,7 @@ class HeistEnv:
             "episode_id": self.episode_id.copy(),
             "level_seed": self.level_seed.copy(),
         }
-        return np.array(obs["rgb"], copy=True), reward, done, info
+        return obs["rgb"], reward, done, info
 
     def _finish(self, done: np.ndarray, success: np.ndarray) -> None:
         envs = np.flatnonzero(done)
@@ -310,6 +310,25 @@ class HeistEnv:
             episode_return=self._return.copy(),
             episode_length=self._length.copy(),
         )
+
+    def keep_only(self, envs) -> HeistEnv:
+        """A new env that continues only the environments ``envs`` (in that order) exactly where they are, and
+        closes this one: procgen steps every environment it holds, so dropping finished ones saves their steps."""
+        envs = np.asarray(envs, np.int64)
+        state = HeistState(
+            procgen=tuple(self.game_states(envs)),
+            steps=self.steps,
+            next_episode_id=self._next_episode_id,
+            episode_id=self.episode_id[envs],
+            level_seed=self.level_seed[envs],
+            first_step=self._first_step[envs],
+            episode_return=self._return[envs],
+            episode_length=self._length[envs],
+        )
+        kept = HeistEnv(dataclasses.replace(self.config, num_envs=len(envs)))
+        kept.set_state(state)
+        self.close()
+        return kept
 
     def game_states(self, envs) -> list[bytes]:
         """procgen's serialized game of the environments ``envs`` only (procgen's own `get_state` serializes all)."""

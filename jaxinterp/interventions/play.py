@@ -56,9 +56,10 @@ _HEAD_PASS_MAX = 128
 """Most rows per pass of the network after the edited layer on CPU (see `head_pass`); on the last stage's output
 (the head is the dense layers only) passes of 128 rows took half the time of passes of 32 in a 16-level sweep."""
 
-RECENT_BYTES = 2**29
-"""Memory for the activations of frames seen on earlier steps (see `Recent`): a frame to the last stage and its
-activation take ~20 kB, so ~25,000 frames."""
+RECENT_BYTES = 2**30
+"""Memory for what was computed from frames seen on earlier steps (see `Recent`): a frame and its activation at the
+last stage take ~20 kB, so ~50,000 frames. Counted on a 64-level sweep of the last stage (165,671 distinct frames,
+40,802 of them seen before): the last 25,000 frames held 34,163 of those repeats, the last 50,000 held 38,215."""
 
 _PLAYER, _LOCK, _KEY, _GEM = 0, 1, 2, 9
 _MOVES = np.array(MOVE_OF_ACTION)
@@ -105,17 +106,18 @@ class Play(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("layer",))
 def _trunk(agent: Agent, obs, *, layer: str):
-    """Activation ``layer`` of a batch of frames (XLA drops the network after it)."""
-    return agent.forward(agent.params, preprocess(obs))[layer]
+    """Activation ``layer`` of a batch of frames, and the clean policy's log-probabilities there."""
+    out = agent.forward(agent.params, preprocess(obs))
+    return out[layer], jax.nn.log_softmax(out[agent.arch.logits])
 
 
 @functools.partial(jax.jit, static_argnames=("layer", "slots", "greedy"))
 def _head(
-    agent: Agent, acts, arrays, which, level, step, chunk, key, *, layer, slots: tuple[Slot, ...], greedy
+    agent: Agent, acts, lp, arrays, which, level, step, chunk, key, *, layer, slots: tuple[Slot, ...], greedy
 ):
-    """Edited actions and KL(clean || edited) from activations ``acts`` of ``layer`` (the first edited layer): the
-    network from there on, once with the edits of row ``which`` and once without; ``level`` per row for the keys of
-    the actions, ``(step, chunk)`` for those of the edits that draw (resampling)."""
+    """Edited actions and KL(clean || edited) from activations ``acts`` of ``layer`` (the first edited layer) and
+    the clean log-probabilities ``lp``: the network from there on with the edits of row ``which``; ``level`` per row
+    for the keys of the actions, ``(step, chunk)`` for those of the edits that draw (resampling)."""
     edit_key = jax.random.fold_in(jax.random.fold_in(key, -1 - step), chunk)
     # Frames the forward never reads: XLA drops the network before `layer`, whose activation is `acts`.
     blank = jnp.zeros((acts.shape[0], *OBS_SHAPE), jnp.float32)
@@ -132,8 +134,7 @@ def _head(
 
     perturb = {name: edit_layer(name) for name in {layer, *(s.layer for s in slots)}}
     edited = agent.forward(agent.params, blank, perturb)[agent.arch.logits]
-    clean = agent.forward(agent.params, blank, {layer: lambda _: acts})[agent.arch.logits]
-    lp, lq = jax.nn.log_softmax(clean), jax.nn.log_softmax(edited)
+    lq = jax.nn.log_softmax(edited)
     kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
     keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
     actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
@@ -148,10 +149,15 @@ def _chunks(idx: np.ndarray, size: int) -> np.ndarray:
     return np.resize(idx, 1 << (len(idx) - 1).bit_length())[None]
 
 
-def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_rows(x: np.ndarray, same: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(first, inverse, hashes)`` of the distinct rows of ``x``, exactly: ``x[first][inverse] == x``, and a 64-bit
     hash of each distinct row. Rows are grouped by a multiplicative hash of their bytes and the grouping is checked
-    byte for byte (a whole-row sort if a hash ever collided): far cheaper than sorting 12 kB frames."""
+    byte for byte (a whole-row sort if a hash ever collided): far cheaper than sorting 12 kB frames. ``same``
+    (labels, optional) promises that rows with one label are equal: only one row of each label is read."""
+    if same is not None:
+        _, label_first, label_of = np.unique(same, return_index=True, return_inverse=True)
+        first, inverse, hashes = unique_rows(x[label_first])
+        return label_first[first], inverse[label_of.reshape(-1)], hashes
     flat = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)
     flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 8)))
     words = flat.view(np.uint64)
@@ -164,32 +170,32 @@ def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class Recent:
-    """Activations of frames seen on earlier steps, by frame hash, the least recently used dropped beyond
-    ``max_bytes``; a hit is checked byte for byte. Agents pace corridors: a quarter of the distinct frames of a
-    16-level sweep of the last stage had been seen on an earlier step."""
+    """What was computed from frames seen on earlier steps (activations, clean log-probabilities), by frame hash,
+    the least recently used dropped beyond ``max_bytes``; a hit is checked byte for byte. Agents pace corridors: a
+    quarter of the distinct frames of a 16-level sweep of the last stage had been seen on an earlier step."""
 
     def __init__(self, max_bytes: int = RECENT_BYTES):
         self.max_bytes, self.bytes, self.hits = max_bytes, 0, 0
-        self._store: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._store: OrderedDict[int, tuple[np.ndarray, ...]] = OrderedDict()
 
-    def get(self, key: int, frame: np.ndarray) -> np.ndarray | None:
+    def get(self, key: int, frame: np.ndarray) -> tuple[np.ndarray, ...] | None:
         kept = self._store.get(key)
         if kept is None or not np.array_equal(kept[0], frame):
             return None
         self._store.move_to_end(key)
         self.hits += 1
-        return kept[1]
+        return kept[1:]
 
-    def put(self, key: int, frame: np.ndarray, act: np.ndarray) -> None:
-        size = frame.nbytes + act.nbytes
+    def put(self, key: int, frame: np.ndarray, *values: np.ndarray) -> None:
+        entry = tuple(a.copy() for a in (frame, *values))
+        size = sum(a.nbytes for a in entry)
         if size > self.max_bytes:
             return
         old = self._store.pop(key, None)
-        self.bytes += size - (old[0].nbytes + old[1].nbytes if old else 0)
-        self._store[key] = (frame.copy(), act.copy())
+        self.bytes += size - (sum(a.nbytes for a in old) if old else 0)
+        self._store[key] = entry
         while self.bytes > self.max_bytes:
-            dropped = self._store.popitem(last=False)[1]
-            self.bytes -= dropped[0].nbytes + dropped[1].nbytes
+            self.bytes -= sum(a.nbytes for a in self._store.popitem(last=False)[1])
 
 
 def head_pass(agent: Agent, layer: str) -> int:
@@ -214,8 +220,9 @@ def _things(entities) -> tuple[tuple[float, float], np.ndarray]:
     return agent_xy, count
 
 
-Policy = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-"""``policy(obs, envs, t) -> (actions, kl)`` for the frames of the environments ``envs`` at step ``t``."""
+Policy = Callable[[np.ndarray, np.ndarray, int, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
+"""``policy(obs, envs, t, same) -> (actions, kl)`` for the frames of the environments ``envs`` at step ``t``;
+``same`` (optional) labels environments known to be in one game state, so to see the same frame."""
 
 
 def edited_policy(
@@ -244,30 +251,41 @@ def edited_policy(
     shape = agent.layer_shapes[layer]
     head_rows = head_pass(agent, layer)
 
-    def policy(obs, envs, t):
+    def policy(obs, envs, t, same=None):
         # Frames that several environments share (edits that have not changed the agent's course yet, or never do)
         # pass through the network before `layer` once, or not at all if seen on an earlier step; the rest of it
         # runs once per distinct (frame, edit, level).
-        frame, frame_of, hashes = unique_rows(obs)
+        frame, frame_of, hashes = unique_rows(obs, same)
         rows = np.stack([frame_of, which[envs], level_of[envs]], 1).astype(np.int64)
         keys = (rows[:, 0] * edits_n + rows[:, 1]) * levels_n + rows[:, 2]
         _, pair, pair_of = np.unique(keys, return_index=True, return_inverse=True)
         acts = np.empty((len(frame), *shape), np.float32)
+        clean = np.empty((len(frame), agent.num_actions), np.float32)  # log-probabilities
         seen = [recent.get(int(h), obs[f]) for h, f in zip(hashes, frame, strict=True)]
         new = np.array([j for j, a in enumerate(seen) if a is None], np.int64)
         for j, a in enumerate(seen):
             if a is not None:
-                acts[j] = a
+                acts[j], clean[j] = a
         if len(new):
-            computed = [
-                np.asarray(_trunk(agent, obs[c], layer=layer)) for c in _chunks(frame[new], _FRAME_PASS)
-            ]
-            acts[new] = np.concatenate(computed)[: len(new)]
+            computed = [_trunk(agent, obs[c], layer=layer) for c in _chunks(frame[new], _FRAME_PASS)]
+            for out, parts in ((acts, [c[0] for c in computed]), (clean, [c[1] for c in computed])):
+                out[new] = np.concatenate([np.asarray(p) for p in parts])[: len(new)]
             for j in new:
-                recent.put(int(hashes[j]), obs[frame[j]], acts[j])
+                recent.put(int(hashes[j]), obs[frame[j]], acts[j], clean[j])
         options = {"layer": layer, "slots": slots, "greedy": greedy}
         heads = [
-            _head(agent, acts[frame_of[c]], arrays, rows[c, 1], rows[c, 2], t, i, key, **options)
+            _head(
+                agent,
+                acts[frame_of[c]],
+                clean[frame_of[c]],
+                arrays,
+                rows[c, 1],
+                rows[c, 2],
+                t,
+                i,
+                key,
+                **options,
+            )
             for i, c in enumerate(_chunks(pair, head_rows))
         ]
         act, kl = (np.concatenate([np.asarray(h[j]) for h in heads])[: len(pair)] for j in (0, 1))
@@ -303,40 +321,69 @@ def play_levels(
     max_steps: int = MAX_STEPS,
     keep_frames: Sequence[int] = (),
     progress_bar: bool = True,
+    shrink: bool = True,
 ) -> Play:
     """Env i plays level ``level_of[i]`` with ``policy`` until every env has ended its first episode.
 
-    Only the environments still playing are passed to ``policy``. ``max_steps`` below Heist's own timeout cuts
+    Only the environments still playing are passed to ``policy``, with labels of those in one game state (same
+    level, same moves so far: procgen steps deterministically). ``max_steps`` below Heist's own timeout cuts
     episodes short (quick looks, tests): they count as failures of that length. The observations of the
-    environments ``keep_frames`` are kept (for GIFs; the last one repeats after the end)."""
+    environments ``keep_frames`` are kept (for GIFs; the last one repeats after the end). ``shrink``: whenever
+    half of procgen's environments have ended their episode, the rest continue in a new, smaller vectorized env
+    (`HeistEnv.keep_only`; procgen steps every environment it holds, finished or not); the play is the same."""
     level_of = np.asarray(level_of, np.int32)
     if level_of.ndim != 1:
         raise JaxinterpError("`level_of` must be 1-d: one level index per environment")
     env, obs = _start(levels, level_of)
+    where = np.arange(len(level_of))  # each environment's place in `env`; -1 once dropped (its episode over)
     layouts = [parse_state(s) for s in levels.states]
     log = EpisodeLog(len(level_of), layouts, level_of, obs)
     keep = np.asarray(keep_frames, np.int64)
     kept = [obs[keep]]
-    log.look(env, np.arange(len(level_of)), 0)
+
+    def games(envs):
+        return env.game_states(where[envs])
 
     def still_playing(obs, t):
         running = np.flatnonzero(log.length < 0)
-        actions = np.zeros(len(level_of), np.int32)
-        actions[running], kl = policy(obs[running], running, t)
+        actions = np.zeros(len(obs), np.int32)
+        actions[where[running]], kl = policy(obs[where[running]], running, t, log.group[running])
         return actions, (running, kl)
 
+    log.look(games, np.arange(len(level_of)), 0)
     with progress.bar(len(level_of), desc="episodes", unit="episode", enabled=progress_bar) as bar:
-        for step in step_policy(env, still_playing, obs=obs, steps=max_steps):
-            running, kl = step.output
-            log.record(running, step.t, step.actions, kl, step.done, step.info["success"])
-            log.look(env, running[~step.done[running]], step.t + 1)
-            playing = log.length[keep] < 0
-            kept.append(np.where(playing[:, None, None, None], step.next_obs[keep], kept[-1]))
-            bar.update(int(step.done[running].sum()))
-            if (log.length >= 0).all():
-                break
-    env.close()
+        while env is not None:
+            for step in step_policy(env, still_playing, obs=obs, steps=max_steps - env.steps):
+                running, kl = step.output
+                at = where[running]
+                done = step.done[at]
+                log.record(running, step.t, step.actions[at], kl, done, step.info["success"][at])
+                left = running[~done]
+                log.look(games, left, step.t + 1)
+                playing = log.length[keep] < 0
+                frames = step.next_obs[np.maximum(where[keep], 0)]  # dropped ones are not playing
+                kept.append(np.where(playing[:, None, None, None], frames, kept[-1]))
+                bar.update(int(done.sum()))
+                if not len(left) or (shrink and len(left) <= env.num_envs // 2):
+                    break
+            else:  # `max_steps` played: the rest count as failures
+                left = np.zeros(0, np.int64)
+            env, obs = _keep_playing(env, where, left)
     return log.result(max_steps)._replace(frames=np.stack(kept, 1))
+
+
+def _keep_playing(
+    env: HeistEnv, where: np.ndarray, left: np.ndarray
+) -> tuple[HeistEnv | None, np.ndarray | None]:
+    """The env of only the environments ``left`` (None if none are), and their frames; ``where`` follows."""
+    places = where[left]
+    where[:] = -1
+    if not len(left):
+        env.close()
+        return None, None
+    where[left] = np.arange(len(left))
+    env = env.keep_only(places)
+    return env, env.observe()
 
 
 def _start(levels: Levels, level_of: np.ndarray) -> tuple[HeistEnv, np.ndarray]:
@@ -364,12 +411,13 @@ class EpisodeLog:
         self.actions = np.full((n, MAX_STEPS), -1, np.int8)
         self.group = np.asarray(level_of, np.int64).copy()  # envs of one group are in the same game state
 
-    def look(self, env: HeistEnv, envs: np.ndarray, t: int) -> None:
-        """Read the entities of ``envs`` (still in their first episode) at step ``t``: one game per `group`."""
+    def look(self, games: Callable[[np.ndarray], list[bytes]], envs: np.ndarray, t: int) -> None:
+        """Read the entities of ``envs`` (still in their first episode) at step ``t``: one game per `group`, from
+        ``games(envs)``, procgen's serialized games of those environments."""
         if not len(envs):
             return
         _, first, inverse = np.unique(self.group[envs], return_index=True, return_inverse=True)
-        for game, i in zip(env.game_states(envs[first]), envs[first], strict=True):
+        for game, i in zip(games(envs[first]), envs[first], strict=True):
             level = self.level_of[i]
             (x, y), count = _things(read_entities(game))
             self.path[i, t] = to_pixels(self.layouts[level], x, y)
@@ -379,17 +427,19 @@ class EpisodeLog:
         self.path[envs, t], self.reached[envs] = self.path[copies, t], self.reached[copies]
 
     def record(self, running, t, actions, kl, done, success) -> None:
-        self.actions[running, t] = actions[running]
+        """Step ``t`` of the environments ``running``: their actions, KL, and whether their episode ended there and
+        reached the gem (each in the order of ``running``)."""
+        self.actions[running, t] = actions
         # Same level and same moves so far: the same game (procgen steps deterministically from a cloned state; the
         # special actions stand still, and differ from action 4 only in a field that the next step overwrites).
-        move = _MOVES[actions[running]]
+        move = _MOVES[actions]
         _, regrouped = np.unique(self.group[running] * _ACTIONS + move, return_inverse=True)
         self.group[running] = regrouped.reshape(-1)
         self.kl[running, t] = kl
-        ended = running[done[running]]
+        ended = running[done]
         self.length[ended] = t + 1
-        self.success[ended] = success[ended]
-        gem = ended[success[ended]]
+        self.success[ended] = success[done]
+        gem = ended[success[done]]
         self.reached[gem, EVENTS.index("gem")] = t + 1
 
     def result(self, max_steps: int) -> Play:
