@@ -115,7 +115,9 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     assert main(["export-agent", str(run), str(tmp_path / "w" / "tiny"), "--episodes", "2"]) == 0
     card = json.loads((tmp_path / "w" / "tiny.card.json").read_text())
     assert card["frames_trained"] == 16 and card["architecture"] == "impala"
-    assert set(card["evaluation"]) >= {"agent", "random"} and len(card["color_stats"]["matrix"]) == 3
+    assert (
+        set(card["evaluation"]) >= {"agent", "greedy", "random"} and len(card["color_stats"]["matrix"]) == 3
+    )
     trained = jaxinterp.load_agent(run)  # a run directory stands for its latest policy, in Python too
     for suffix in (".pt", ".safetensors"):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")
@@ -333,3 +335,16 @@ def test_intervene_plays_an_edit_beside_the_clean_agent(checkpoint, tmp_path, ca
         == 2
     )
     assert "conv_seqs.2.res_block1" in capsys.readouterr().err  # the valid layers are listed
+
+
+@pytest.mark.slow
+def test_the_greedy_evaluation_is_the_argmax_policy_on_the_same_levels(checkpoint):
+    from jaxinterp.rl.evaluate import evaluate
+
+    agent = jaxinterp.load_agent(checkpoint)
+    options = {"episodes": 2, "num_envs": 2, "progress": False}  # 2: a defined interval
+    both = evaluate(agent, with_greedy=True, **options)
+    argmax = evaluate(agent, greedy=True, **options)
+    assert list(both) == ["agent", "greedy", "random"]
+    assert both["greedy"] == argmax["agent"] and both["random"] == argmax["random"]
+    assert both["agent"] == evaluate(agent, **options)["agent"]

@@ -194,5 +194,6 @@ def cmd_export_agent(args) -> None:
     e = card["evaluation"]
     print(
         f"exported {card['frames_trained']:,}-frame agent to {args.out}.*: success {e['agent']['success_rate']:.1%}"
-        f" (random {e['random']['success_rate']:.1%}) on {e['episodes']} unseen episodes"
+        f" (greedy {e['greedy']['success_rate']:.1%}, random {e['random']['success_rate']:.1%}) on {e['episodes']}"
+        " unseen episodes"
     )

@@ -104,18 +104,21 @@ def evaluate(
     seed: int = 0,
     num_envs: int = 64,
     greedy: bool = False,
+    with_greedy: bool = False,
     distribution_mode: str = "easy",
     progress: bool = True,
 ) -> dict:
-    """The agent and the random policy on the same levels: ``{"agent": Evaluation, "random": Evaluation}``."""
+    """The agent and the random policy on the same levels: ``{"agent": Evaluation, "random": Evaluation}``, the
+    agent's actions sampled from its logits (``greedy``: their argmax); ``with_greedy`` adds ``"greedy"``, the
+    argmax policy on the same levels too."""
     config = level_config(
         levels, num_envs=min(num_envs, episodes), seed=seed, distribution_mode=distribution_mode
     )
+    policies = {"agent": agent_policy(agent, greedy=greedy)}
+    if with_greedy:
+        policies["greedy"] = agent_policy(agent, greedy=True)
+    policies["random"] = random_policy(agent.num_actions)
     return {
-        "agent": run_episodes(
-            agent_policy(agent, greedy=greedy), config, episodes, seed=seed, progress=progress, desc="agent"
-        ),
-        "random": run_episodes(
-            random_policy(agent.num_actions), config, episodes, seed=seed, progress=progress, desc="random"
-        ),
+        name: run_episodes(policy, config, episodes, seed=seed, progress=progress, desc=name)
+        for name, policy in policies.items()
     }
