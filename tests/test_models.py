@@ -189,3 +189,19 @@ def test_pad_rows_pads_to_one_shape_and_marks_real_rows():
     (full,), valid = pad_rows(3, (index,))
     np.testing.assert_array_equal(full, index)
     assert valid.all()
+
+
+def test_forward_from_a_layer_is_the_rest_of_the_network(heist_frames):
+    agent = jaxinterp.Agent.random("impala", seed=4)
+    layer, images = "conv_seqs.1.res_block1", jnp.asarray(heist_frames, jnp.float32) / 255.0
+    full = agent.forward(agent.params, images)
+    rest = agent.forward_from(agent.params, layer, full[layer])
+    np.testing.assert_allclose(rest[agent.arch.logits], full[agent.arch.logits], rtol=1e-5, atol=1e-6)
+    double = {layer: lambda a: 2 * a, "conv_seqs.2.conv": jnp.zeros_like}
+    edited = agent.forward(agent.params, images, double)
+    np.testing.assert_allclose(
+        agent.forward_from(agent.params, layer, full[layer], double)[agent.arch.logits],
+        edited[agent.arch.logits],
+        rtol=1e-5,
+        atol=1e-6,
+    )

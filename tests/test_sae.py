@@ -362,3 +362,36 @@ def test_members_vmapped_in_one_pass_equal_members_in_turn(planted):
     for other in out[1:]:
         for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(other), strict=True):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_finetuning_for_the_policy_lowers_its_kl_and_keeps_k(heist_frames):
+    """A random TopK SAE on the shipped agent's last stage, fine-tuned on 15 frames' policy KL: the KL on those
+    frames falls, k and the layer stay, the settings are recorded; other architectures and layers are refused."""
+    import jaxinterp
+    from jaxinterp.sae.finetune import finetune_for_policy
+    from jaxinterp.weights.store import default_checkpoint
+
+    agent = jaxinterp.load_agent(default_checkpoint())
+    layer = "conv_seqs.2.res_block1"
+    acts = np.asarray(agent.activations(heist_frames, [layer])[layer])
+    source = ActivationSource(acts, np.arange(len(acts)), layer=layer)  # every 10th episode held out: frame 9
+    config = SAEConfig(d_in=32, width=64, arch="topk", k=4)
+    params = jax.tree.map(
+        np.asarray, model.init_params(config, jax.random.key(0), acts.reshape(-1, 32).mean(0))
+    )
+    sae = files.SAE("topk", 4, params, layer, {"jaxinterp": {"input_scale": 1.0}})
+    train = heist_frames[source.train_frames]
+    mean_act = acts.mean(0)
+    before = metrics.policy_fidelity(agent, sae, train, mean_act)["kl"]
+    tuned = finetune_for_policy(agent, sae, source, steps=150, lr=1e-3, progress=False)
+    after = metrics.policy_fidelity(agent, tuned, train, mean_act)["kl"]
+    assert after < 0.5 * before, (before, after)
+    assert (tuned.arch, tuned.k, tuned.layer) == ("topk", 4, layer)
+    assert tuned.cfg["jaxinterp"]["finetuned_for_policy"]["steps"] == 150
+    assert tuned.cfg["jaxinterp"]["input_scale"] == 1.0
+    with pytest.raises(JaxinterpError, match="only for TopK"):
+        finetune_for_policy(agent, sae._replace(arch="relu"), source, steps=1, progress=False)
+    with pytest.raises(JaxinterpError, match="reads conv_seqs.1"):
+        finetune_for_policy(
+            agent, sae._replace(layer="conv_seqs.1.res_block1"), source, steps=1, progress=False
+        )

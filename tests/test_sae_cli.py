@@ -2,6 +2,7 @@
 and one-line errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -80,6 +81,22 @@ def test_eval_track_export_import(sweep, checkpoint, tmp_path, capsys):
     a, b = load_sae(member), load_sae(dst)
     for x, y in zip(a.params, b.params, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_finetune_writes_a_topk_sae_beside_its_source_and_refuses_others(sweep, checkpoint, capsys):
+    topk = next(p for p in sorted(sweep.iterdir()) if p.name.startswith("topk") and (p / "cfg.json").exists())
+    argv = ["sae", "finetune", "--checkpoint", str(checkpoint), "--steps", "5"]
+    assert main([*argv, "--sae", str(topk)]) == 0
+    tuned = topk.with_name(topk.name + "-policy")
+    assert "FVU" in capsys.readouterr().out and (tuned / "eval.json").is_file()
+    sae = load_sae(tuned)
+    assert (sae.arch, sae.k, sae.layer) == ("topk", load_sae(topk).k, LAYER)
+    assert sae.cfg["jaxinterp"]["finetuned_for_policy"]["steps"] == 5
+    jump = next(p for p in sorted(sweep.iterdir()) if p.name.startswith("jumprelu"))
+    assert "only for TopK" in _error([*argv, "--sae", str(jump)], capsys)
+    assert "one member directory" in _error([*argv, "--sae", str(sweep)], capsys)
+    shutil.rmtree(tuned)  # the sweep fixture is shared: leave it as it was
 
 
 def _error(argv, capsys) -> str:

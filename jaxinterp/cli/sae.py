@@ -45,12 +45,13 @@ FEATURE_STEPS = 256
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``jaxinterp sae <train|eval|track|features|export|import>`` on the top-level subparsers."""
+    """Register ``jaxinterp sae <train|eval|finetune|track|features|export|import>`` on the top-level subparsers."""
     sae = sub.add_parser(
-        "sae", help="sparse autoencoders: train (sweeps in one jitted step), eval, track, export, import"
+        "sae",
+        help="sparse autoencoders: train (sweeps in one jitted step), eval, finetune, track, export, import",
     )
     group = sae.add_subparsers(dest="sae_command", required=True)
-    for add in (_add_train, _add_eval, _add_track, _add_features, _add_export, _add_import):
+    for add in (_add_train, _add_eval, _add_finetune, _add_track, _add_features, _add_export, _add_import):
         add(group)
 
 
@@ -150,6 +151,46 @@ def cmd_eval(args) -> None:
     dataset = _dataset(args.dataset, agent, sweep_dir)
     summary = evaluate_saes(agent, dataset, dirs, cache_dir=sweep_dir, **given(episodes=args.episodes))
     print(format_summary(summary))
+
+
+def _add_finetune(group) -> None:
+    from jaxinterp.sae.finetune import FINETUNE_LR, FINETUNE_STEPS, MSE_COEF
+
+    f = group.add_parser(
+        "finetune", help="train a TopK SAE further so that the agent acts the same with it spliced in"
+    )
+    f.add_argument("--sae", required=True, help="one TopK SAE directory (a sweep's member)")
+    f.add_argument("--dataset", help="rollout dataset (default: the sweep's own data/)")
+    f.add_argument("--steps", type=int, help=f"steps of 64 frames (default {FINETUNE_STEPS})")
+    f.add_argument("--lr", type=float, help=f"Adam's learning rate (default {FINETUNE_LR})")
+    f.add_argument(
+        "--mse-coef", type=float, help=f"weight of the FVU beside the policy KL (default {MSE_COEF})"
+    )
+    add_seed_arg(f, help="seed of the frames' order")
+    f.add_argument("--out", help="the new SAE's directory (default: the SAE's, with -policy appended)")
+    add_checkpoint_arg(f)
+    f.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args) -> None:
+    from jaxinterp.sae.files import save_sae
+    from jaxinterp.sae.finetune import finetune_for_policy
+    from jaxinterp.sae.runs import activation_source, evaluate_saes, format_summary, load_member, member_dirs
+
+    agent = load(args.checkpoint)
+    dirs = member_dirs(args.sae)
+    if len(dirs) != 1:
+        raise JaxinterpError(f"--sae names {len(dirs)} SAEs; fine-tune one member directory at a time")
+    sae = load_member(dirs[0], agent)
+    sweep_dir = dirs[0].parent
+    dataset = _dataset(args.dataset, agent, sweep_dir)
+    source = activation_source(agent, dataset, sae.layer, sweep_dir)
+    options = given(steps=args.steps, lr=args.lr, mse_coef=args.mse_coef)
+    tuned = finetune_for_policy(agent, sae, source, seed=args.seed, **options)
+    out = Path(args.out) if args.out else dirs[0].with_name(dirs[0].name + "-policy")
+    save_sae(tuned, out)
+    print(format_summary(evaluate_saes(agent, dataset, [out], source=source)))
+    print(f"wrote {out} (SAELens layout)")
 
 
 def _add_track(group) -> None:

@@ -23,7 +23,7 @@ from jaxinterp.envs.heist import MOVE_OF_ACTION, HeistConfig, HeistEnv
 from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
-from jaxinterp.models.agent import CPU_PASS_SIZE, OBS_SHAPE, Agent, preprocess
+from jaxinterp.models.agent import CPU_PASS_SIZE, Agent, preprocess
 
 __all__ = [
     "EVENTS",
@@ -119,12 +119,9 @@ def _head(
     the clean log-probabilities ``lp``: the network from there on with the edits of row ``which``; ``level`` per row
     for the keys of the actions, ``(step, chunk)`` for those of the edits that draw (resampling)."""
     edit_key = jax.random.fold_in(jax.random.fold_in(key, -1 - step), chunk)
-    # Frames the forward never reads: XLA drops the network before `layer`, whose activation is `acts`.
-    blank = jnp.zeros((acts.shape[0], *OBS_SHAPE), jnp.float32)
 
     def edit_layer(name):
         def edit(a):
-            a = acts if name == layer else a
             for j, (slot, arr) in enumerate(zip(slots, arrays, strict=True)):
                 if slot.layer == name:
                     a = apply_slot(slot, arr, which, a, jax.random.fold_in(edit_key, j))
@@ -132,8 +129,8 @@ def _head(
 
         return edit
 
-    perturb = {name: edit_layer(name) for name in {layer, *(s.layer for s in slots)}}
-    edited = agent.forward(agent.params, blank, perturb)[agent.arch.logits]
+    perturb = {name: edit_layer(name) for name in {s.layer for s in slots}}
+    edited = agent.forward_from(agent.params, layer, acts, perturb)[agent.arch.logits]
     lq = jax.nn.log_softmax(edited)
     kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
     keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)

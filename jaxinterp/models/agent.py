@@ -99,6 +99,17 @@ class Agent:
             self.check_layers(perturb)
         return self.module.apply({"params": params}, images, perturb)
 
+    def forward_from(
+        self, params: dict, layer: str, acts: jax.Array, perturb: dict | None = None
+    ) -> dict[str, jax.Array]:
+        """The network from ``layer`` on, given that layer's activation ``acts`` (N, ...), with ``perturb`` as in
+        `forward` at that layer and after: XLA drops the network before it (its input is never read)."""
+        perturb = dict(perturb or {})
+        then = perturb.get(layer, lambda a: a)
+        perturb[layer] = (lambda _: then(acts)) if callable(then) else (lambda _: acts + then)
+        blank = jnp.zeros((acts.shape[0], *OBS_SHAPE), jnp.float32)
+        return self.forward(params, blank, perturb)
+
     def apply(self, params: dict, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(logits (N, A), value (N,)) for uint8 frames (N, 64, 64, 3)."""
         acts = self.forward(params, preprocess(obs))
