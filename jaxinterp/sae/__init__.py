@@ -9,6 +9,7 @@ and metrics that include the agent's policy and the game's ground-truth objects.
 from jaxinterp.sae.config import ARCHITECTURES, SAEConfig, parse_sweep
 from jaxinterp.sae.data import ActivationSource
 from jaxinterp.sae.files import SAE, load_sae, save_sae
+from jaxinterp.sae.finetune import finetune_for_policy
 from jaxinterp.sae.metrics import object_scores, policy_fidelity, reconstruction
 from jaxinterp.sae.model import SAEParams
 from jaxinterp.sae.runs import evaluate_saes, train_saes
@@ -22,6 +23,7 @@ __all__ = [
     "SAEParams",
     "SweepResult",
     "evaluate_saes",
+    "finetune_for_policy",
     "load_sae",
     "make_train",
     "object_scores",
