@@ -21,9 +21,9 @@ import optax
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import Agent
 from jaxinterp.progress import bar as progress_bar
-from jaxinterp.sae import model
 from jaxinterp.sae.data import ActivationSource, evenly
 from jaxinterp.sae.files import SAE
+from jaxinterp.sae.metrics import splice
 
 __all__ = ["FINETUNE_FRAMES", "FINETUNE_LR", "FINETUNE_STEPS", "MSE_COEF", "finetune_for_policy"]
 
@@ -55,8 +55,7 @@ def _step(agent: Agent, params, opt_state, x, variance, mse_coef, *, layer: str,
     lp = jax.nn.log_softmax(agent.forward_from(agent.params, layer, x)[logits])
 
     def loss(p):
-        flat = x.reshape(-1, x.shape[-1])
-        r = model.decode(p, model.encode("topk", p, flat, jnp.int32(k))).reshape(x.shape)
+        r = splice(SAE("topk", k, p, layer, {}), x)
         lq = jax.nn.log_softmax(agent.forward_from(agent.params, layer, r)[logits])
         kl = jnp.mean(_kl(lp, lq))
         fvu = jnp.mean(jnp.sum((r - x) ** 2, -1)) / variance
