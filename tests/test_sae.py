@@ -286,6 +286,29 @@ def test_auxk_reconstructs_the_residual_from_the_largest_dead_latents_without_b_
     ).sum()  # no b_dec in the reconstruction
     assert float(got) == pytest.approx(ref, rel=1e-5)
     assert float(model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.zeros(10, bool))) == 0.0
+    few = np.arange(10) == 4  # fewer dead latents than k_aux: all of them reconstruct
+    z = np.where(few, np.maximum(pre, 0), 0)
+    ref = ((err - z @ p.W_dec) ** 2).sum() / ((err - err.mean(0)) ** 2).sum()
+    got = model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.asarray(few))
+    assert float(got) == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["normal", "heavy tail", "ties", "spread", "one row"])
+def test_kth_largest_is_exact(kind):
+    """The early-stopping search returns the exact k-th largest value on every row, at both ends of k too."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(512, 96)).astype(np.float32)
+    v = {
+        "normal": v,
+        "heavy tail": v * np.exp(2 * v),
+        "ties": np.round(v * 2) / 2,  # many rows hold their k-th value several times
+        "spread": v * np.float32(10.0) ** rng.integers(-30, 30, size=v.shape),  # 60 decades in one row
+        "one row": np.maximum(v, 0).reshape(1, -1),  # batchtopk's shape, with tied zeros
+    }[kind].astype(np.float32)
+    search = jax.jit(model.kth_largest)
+    for k in (1, 2, 7, 33, v.shape[1] // 2, v.shape[1]):
+        expected = np.sort(v, -1)[:, -k][:, None]
+        np.testing.assert_array_equal(search(jnp.asarray(v), jnp.int32(k)), expected, err_msg=f"k={k}")
 
 
 def _exact_params() -> model.SAEParams:

@@ -81,26 +81,75 @@ def decode(params: SAEParams, z: jax.Array) -> jax.Array:
 
 
 BISECTIONS = 32
-"""Halvings of the search bracket in `kth_largest`: enough to isolate one float32 value of the range."""
+"""Midpoint passes in `kth_largest`'s first search (each after an interpolated one) before it halves by bits."""
 
 
 def kth_largest(values: jax.Array, k: jax.Array) -> jax.Array:
     """The k-th largest entry along the last axis (k may be traced), kept as an axis of size 1.
 
-    Found by bisection on the value (count the entries >= the midpoint), then snapped to the smallest entry in the
-    final bracket: exact, and 11-14x faster than a sort on XLA:CPU for (2048, 256) (6.8 against 76-94 ms), where
-    sorting was nearly all of an SAE step."""
+    A search on the value: count the entries >= a guess, keep the bracket [lo, hi) that holds the k-th largest
+    (``c_lo >= k > c_hi`` entries at or above its ends) and stop as soon as every row knows its answer: ``c_lo == k``
+    (the smallest entry >= lo), ``c_hi == k - 1`` (the largest entry below hi) or a bracket of one float. Guesses
+    alternate between the bracket's midpoint and the value where the counts, interpolated linearly, cross
+    ``k - 1/2``: 10-25 passes on real pre-activations. A row still open after `BISECTIONS` such pairs (values
+    spread over many decades, ties near zero) is finished by halving the bracket in float32's bit order, which
+    isolates any value in at most 32 more passes. On XLA:CPU, (2048, 256): 0.7-1.0 ms against 1.6 ms for 32 plain
+    halvings and 76-94 ms for a sort."""
+    values = jax.lax.stop_gradient(values)  # a threshold for comparisons: no gradient flows through it
+    inf = jnp.float32(jnp.inf)
+    k = jnp.asarray(k, jnp.float32)
     lo = jnp.min(values, -1, keepdims=True)
-    hi = jnp.max(values, -1, keepdims=True)
+    hi = jnp.nextafter(jnp.max(values, -1, keepdims=True), inf)
+    c_lo = jnp.full_like(lo, values.shape[-1])
+    c_hi = jnp.zeros_like(lo)
 
-    def halve(_, bracket):
-        lo, hi = bracket
-        mid = lo + (hi - lo) / 2
-        enough = jnp.sum(values >= mid, -1, keepdims=True) >= k
-        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+    def open_(lo, hi, c_lo, c_hi):
+        return (c_lo != k) & (c_hi != k - 1) & (jnp.nextafter(lo, inf) < hi)
 
-    lo, _ = jax.lax.fori_loop(0, BISECTIONS, halve, (lo, hi))
-    return jnp.min(jnp.where(values >= lo, values, jnp.inf), -1, keepdims=True)
+    def narrow(guess_of, state):
+        i, lo, hi, c_lo, c_hi = state
+        guess = guess_of(i, lo, hi, c_lo, c_hi)
+        c = jnp.sum(jnp.where(values >= guess, 1.0, 0.0), -1, keepdims=True)
+        live = open_(lo, hi, c_lo, c_hi)
+        up, down = live & (c >= k), live & (c < k)
+        return (
+            i + 1,
+            jnp.where(up, guess, lo),
+            jnp.where(down, guess, hi),
+            jnp.where(up, c, c_lo),
+            jnp.where(down, c, c_hi),
+        )
+
+    def by_value(i, lo, hi, c_lo, c_hi):
+        crossing = lo + (hi - lo) * jnp.clip((c_lo - k + 0.5) / (c_lo - c_hi), 1 / 16, 15 / 16)
+        return jnp.where(i % 2 == 0, crossing, lo + (hi - lo) / 2)
+
+    def by_bits(i, lo, hi, c_lo, c_hi):
+        a, b = _order_key(lo), _order_key(hi)
+        return _from_order_key((a >> 1) + (b >> 1) + (a & b & 1))  # the floor of their mean, without overflow
+
+    def until(limit):
+        return lambda state: (state[0] < limit) & jnp.any(open_(*state[1:]))
+
+    state = jax.lax.while_loop(
+        until(2 * BISECTIONS), functools.partial(narrow, by_value), (0, lo, hi, c_lo, c_hi)
+    )
+    _, lo, hi, c_lo, c_hi = jax.lax.while_loop(
+        until(2 * BISECTIONS + 33), functools.partial(narrow, by_bits), state
+    )
+    lowest_above = jnp.min(jnp.where(values >= lo, values, inf), -1, keepdims=True)
+    highest_below = jnp.max(jnp.where(values < hi, values, -inf), -1, keepdims=True)
+    return jnp.where(c_hi == k - 1, highest_below, lowest_above)
+
+
+def _order_key(x: jax.Array) -> jax.Array:
+    """float32 -> int32 in the same order (negative floats' magnitude bits flipped)."""
+    i = jax.lax.bitcast_convert_type(x, jnp.int32)
+    return jnp.where(i < 0, i ^ jnp.int32(0x7FFFFFFF), i)
+
+
+def _from_order_key(i: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(jnp.where(i < 0, i ^ jnp.int32(0x7FFFFFFF), i), jnp.float32)
 
 
 def top_k_mask(pre: jax.Array, k: jax.Array) -> jax.Array:
@@ -111,7 +160,9 @@ def top_k_mask(pre: jax.Array, k: jax.Array) -> jax.Array:
 def batch_top_k(pre: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
     """ReLU of the ``k x batch`` largest pre-activations over the whole batch, and the smallest value kept."""
     r = jax.nn.relu(pre)
-    cut = kth_largest(r.reshape(-1), k * pre.shape[0])[0]
+    # at most the positive entries: the zeros are all tied, and the search would end them by halvings
+    kept = jnp.clip(k * pre.shape[0], 1, jnp.sum(r > 0))
+    cut = kth_largest(r.reshape(-1), kept)[0]
     z = jnp.where((r >= cut) & (r > 0), r, 0.0)
     kept_min = jnp.min(jnp.where(z > 0, z, jnp.inf))
     return z, kept_min
@@ -228,13 +279,18 @@ def loss(
 
 
 def _auxk(config: SAEConfig, params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array) -> jax.Array:
-    """AuxK (Gao et al. 2024): the ``k_aux`` largest dead latents reconstruct the residual ``err``, normalized by its
-    variance. The reconstruction is ``z @ W_dec`` with no ``b_dec`` (adding it counts the bias twice). Dense latents
-    and a matmul rather than ``lax.top_k`` and a gather of decoder rows: vmapped over a sweep's members, the
-    gather made the 16-member step 2.5x slower than 16 single steps on XLA:CPU."""
-    masked = jnp.where(dead, pre, jnp.min(pre) - 1)  # below every dead latent, and finite for the bisection
-    z = jnp.where(dead & (masked >= kth_largest(masked, config.k_aux)), jax.nn.relu(pre), 0.0)
-    recon = z @ params.W_dec
-    target = jax.lax.stop_gradient(err)
-    scale = jnp.sum((target - target.mean(0)) ** 2)
-    return jnp.where(jnp.any(dead), jnp.sum((target - recon) ** 2) / jnp.maximum(scale, 1e-12), 0.0)
+    """AuxK (Gao et al. 2024): the ``k_aux`` largest dead latents (all of them when fewer are dead) reconstruct the
+    residual ``err``, normalized by its variance; zero, and not computed, when no latent is dead (as SAELens does).
+    The reconstruction is ``z @ W_dec`` with no ``b_dec`` (adding it counts the bias twice). Dense latents and a
+    matmul rather than ``lax.top_k`` and a gather of decoder rows: vmapped over a sweep's members, the gather made
+    the 16-member step 2.5x slower than 16 single steps on XLA:CPU."""
+
+    def revive(pre, err):
+        masked = jnp.where(dead, pre, jnp.min(pre) - 1)  # below every dead latent, and finite for the search
+        k_aux = jnp.minimum(config.k_aux, jnp.sum(dead))
+        z = jnp.where(dead & (masked >= kth_largest(masked, k_aux)), jax.nn.relu(pre), 0.0)
+        target = jax.lax.stop_gradient(err)
+        scale = jnp.sum((target - target.mean(0)) ** 2)
+        return jnp.sum((target - z @ params.W_dec) ** 2) / jnp.maximum(scale, 1e-12)
+
+    return jax.lax.cond(jnp.any(dead), revive, lambda *_: jnp.float32(0.0), pre, err)
