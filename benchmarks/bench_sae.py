@@ -70,13 +70,14 @@ class TorchTopK(torch.nn.Module):
         err = x - (z @ self.W_dec + self.b_dec)
         loss = err.pow(2).mean()
         dead = self.since >= dead_samples
-        masked = pre.masked_fill(~dead, -torch.inf)
-        aux_vals, aux_idx = masked.topk(self.k_aux, dim=-1)
-        aux_vals = torch.where(torch.isfinite(aux_vals), aux_vals.relu(), 0.0)
-        recon = torch.einsum("bk,bkd->bd", aux_vals, self.W_dec[aux_idx])
-        target = err.detach()
-        aux = (target - recon).pow(2).sum() / (target - target.mean(0)).pow(2).sum()
-        loss = loss + (aux / 32 if dead.any() else 0.0)
+        n_dead = int(dead.sum())
+        if n_dead:  # as SAELens: no AuxK when no latent is dead, and at most the dead ones
+            masked = pre.masked_fill(~dead, -torch.inf)
+            aux_vals, aux_idx = masked.topk(min(self.k_aux, n_dead), dim=-1)
+            recon = torch.einsum("bk,bkd->bd", aux_vals.relu(), self.W_dec[aux_idx])
+            target = err.detach()
+            aux = (target - recon).pow(2).sum() / (target - target.mean(0)).pow(2).sum()
+            loss = loss + aux / 32
         with torch.no_grad():
             fired = (z > 0).any(0)
             self.since = torch.where(fired, torch.zeros_like(self.since), self.since + len(x))
@@ -120,10 +121,22 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--d-in", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--dead-samples",
+        type=int,
+        default=SAEConfig.dead_samples,
+        help="samples without firing before a latent is dead; small values keep AuxK running on both sides",
+    )
     args = ap.parse_args()
     configs = [
         SAEConfig(
-            d_in=args.d_in, width=args.width, arch="topk", k=KS[i % len(KS)], seed=i, batch_size=args.batch
+            d_in=args.d_in,
+            width=args.width,
+            arch="topk",
+            k=KS[i % len(KS)],
+            seed=i,
+            batch_size=args.batch,
+            dead_samples=args.dead_samples,
         )
         for i in range(args.members)
     ]
@@ -133,7 +146,7 @@ def main() -> None:
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
         f"({len(jax.devices())} {jax.devices()[0].platform} device(s)), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); {args.members} TopK SAEs {args.d_in}->{args.width}, batch {args.batch}, "
-        f"{args.steps} steps, best of {args.repeats}"
+        f"{args.steps} steps, dead after {args.dead_samples:,} samples, best of {args.repeats}"
     )
     t_sweep = jax_sweep(configs, xs, args.repeats)
     t_torch = torch_loop(configs, xs, args.repeats)
