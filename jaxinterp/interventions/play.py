@@ -23,7 +23,7 @@ from jaxinterp.envs.heist import MOVE_OF_ACTION, HeistConfig, HeistEnv
 from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.interventions.edits import EditArrays, Slot, apply_slot
-from jaxinterp.models.agent import CPU_PASS_SIZE, Agent, preprocess
+from jaxinterp.models.agent import CPU_PASS_SIZE, Agent, policy_kl, preprocess
 
 __all__ = [
     "EVENTS",
@@ -131,8 +131,7 @@ def _head(
 
     perturb = {name: edit_layer(name) for name in {s.layer for s in slots}}
     edited = agent.forward_from(agent.params, layer, acts, perturb)[agent.arch.logits]
-    lq = jax.nn.log_softmax(edited)
-    kl = jnp.sum(jnp.exp(lp) * (lp - lq), -1)
+    kl = policy_kl(lp, jax.nn.log_softmax(edited))
     keys = jax.vmap(lambda lv: jax.random.fold_in(jax.random.fold_in(key, lv), step))(level)
     actions = edited.argmax(-1) if greedy else jax.vmap(jax.random.categorical)(keys, edited)
     return actions.astype(jnp.int32), kl

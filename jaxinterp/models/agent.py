@@ -29,6 +29,7 @@ __all__ = [
     "pad_rows",
     "parse_channels",
     "pass_size",
+    "policy_kl",
     "preprocess",
     "shard_rows",
 ]
@@ -265,6 +266,11 @@ def in_device_passes(fn: Callable, params, x: jax.Array, size: int | None = None
     rows = pass_size(x.shape[0], size)
     mesh = data_mesh(x.shape[0] // rows, devices, f"passes of {rows} rows")
     return shard_rows(lambda p, xs: in_passes(lambda r: fn(p, r), xs, rows), mesh)(params, x)
+
+
+def policy_kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """KL(p || q) of two policies given as log-probabilities over the last axis (the clean policy first)."""
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)
 
 
 def preprocess(obs: jax.Array) -> jax.Array:

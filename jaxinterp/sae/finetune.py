@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.models.agent import Agent
+from jaxinterp.models.agent import Agent, policy_kl
 from jaxinterp.progress import bar as progress_bar
 from jaxinterp.sae.data import ActivationSource, evenly
 from jaxinterp.sae.files import SAE
@@ -44,10 +44,6 @@ FINETUNE_FRAMES = 64
 """Frames (each all of its positions) per step: the KL is a property of a whole frame's reconstruction."""
 
 
-def _kl(lp: jax.Array, lq: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.exp(lp) * (lp - lq), -1)
-
-
 @functools.partial(jax.jit, static_argnames=("layer", "k", "optimizer"))
 def _step(agent: Agent, params, opt_state, x, variance, mse_coef, *, layer: str, k: int, optimizer):
     """One Adam step on frames' activations ``x`` (N, H, W, C): (params, opt_state, (kl, fvu))."""
@@ -57,7 +53,7 @@ def _step(agent: Agent, params, opt_state, x, variance, mse_coef, *, layer: str,
     def loss(p):
         r = splice(SAE("topk", k, p, layer, {}), x)
         lq = jax.nn.log_softmax(agent.forward_from(agent.params, layer, r)[logits])
-        kl = jnp.mean(_kl(lp, lq))
+        kl = jnp.mean(policy_kl(lp, lq))
         fvu = jnp.mean(jnp.sum((r - x) ** 2, -1)) / variance
         return kl + mse_coef * fvu, (kl, fvu)
 

@@ -18,7 +18,7 @@ from jaxinterp.envs.ground_truth import OBJECT_CLASSES
 from jaxinterp.envs.heist import MOVE_OF_ACTION
 from jaxinterp.envs.rollout import Policy, agent_policy
 from jaxinterp.envs.stream import batches, stream, stream_rows
-from jaxinterp.models.agent import Agent, preprocess
+from jaxinterp.models.agent import Agent, policy_kl, preprocess
 from jaxinterp.rl.evaluate import level_config, run_episodes
 from jaxinterp.sae import model
 from jaxinterp.sae.files import SAE
@@ -129,7 +129,7 @@ def _fidelity_pass(agent: Agent, layer: str, arch: str, sae_params, k, obs, mean
         acts = agent.forward(params, images, {layer: r - x})
         lq = jax.nn.log_softmax(acts[agent.arch.logits])
         out[name] = {
-            "kl": jnp.sum(jnp.exp(logp) * (logp - lq), -1),
+            "kl": policy_kl(logp, lq),
             "agree": jnp.argmax(lq, -1) == jnp.argmax(logp, -1),
             "agree_move": jnp.argmax(jnp.exp(lq) @ moves, -1) == jnp.argmax(jnp.exp(logp) @ moves, -1),
             "dvalue": jnp.abs(acts[agent.arch.value][:, 0] - value),
