@@ -222,4 +222,4 @@ def test_report_page_in_chromium(chromium, tmp_path, monkeypatch, capsys):
 
     with Image.open(screenshot) as im:
         assert im.size == WINDOW
-        assert len(set(im.convert("L").resize((64, 100)).getdata())) > 8  # not a blank page
+        assert len(set(im.convert("L").resize((64, 100)).get_flattened_data())) > 8  # not a blank page
