@@ -118,6 +118,12 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     assert (
         set(card["evaluation"]) >= {"agent", "greedy", "random"} and len(card["color_stats"]["matrix"]) == 3
     )
+    # the learning curve beside the PPO baseline's (the run plays its game: easy mode, unbounded levels)
+    assert (
+        card["learning_curve"]["file"] == "tiny.curve.png" and (tmp_path / "w" / "tiny.curve.png").is_file()
+    )
+    assert card["learning_curve"]["baseline_at_frames"]["frames"] == 180_224  # its first row (after 10 updates)
+    assert "![learning curve](tiny.curve.png)" in (tmp_path / "w" / "tiny.md").read_text()
     trained = jaxinterp.load_agent(run)  # a run directory stands for its latest policy, in Python too
     for suffix in (".pt", ".safetensors"):
         exported = jaxinterp.load_agent(tmp_path / "w" / f"tiny{suffix}")

@@ -1,5 +1,6 @@
 """Export a training run's policy as a shippable agent: torch-layout ``.pt``, ``.safetensors``, colour statistics
-of its frames, and a model card (JSON and Markdown) with its evaluation beside the random policy's.
+of its frames, and a model card (JSON and Markdown) with its evaluation beside the random policy's and its learning
+curve beside the published PPO baseline's.
 """
 
 from __future__ import annotations
@@ -18,12 +19,21 @@ from jaxinterp.envs.rollout import agent_policy
 from jaxinterp.envs.stepping import keyed, step_policy
 from jaxinterp.featviz.param import fit_color_stats, save_color_stats
 from jaxinterp.models.agent import Agent
+from jaxinterp.rl.baseline import baseline_curve, has_baseline
 from jaxinterp.rl.evaluate import evaluate, level_config
 from jaxinterp.rl.ppo import PPOConfig
+from jaxinterp.rl.train import EPISODE_LIMIT, METRICS_FILE, logged_rows, plot_learning_curve
 from jaxinterp.weights.store import save_agent
 from jaxinterp.weights.training_run import load_run_agent
 
-__all__ = ["COLOR_FRAMES", "agent_frames", "export_agent", "model_card_markdown", "train_command"]
+__all__ = [
+    "COLOR_FRAMES",
+    "agent_frames",
+    "export_agent",
+    "model_card_markdown",
+    "train_command",
+    "write_learning_curve",
+]
 
 COLOR_FRAMES = 4096  # frames of the agent's own play used to fit the colour decorrelation
 
@@ -73,9 +83,28 @@ def export_agent(
         },
         "color_stats": {"matrix": stats.matrix.tolist(), "mean": stats.mean.tolist(), "frames": COLOR_FRAMES},
     }
+    card["learning_curve"] = write_learning_curve(run_dir, meta, stem.with_suffix(".curve.png"))
     write_text(stem.with_suffix(".card.json"), json.dumps(card, indent=2) + "\n")
-    write_text(stem.with_suffix(".md"), model_card_markdown(card, results))
+    write_text(stem.with_suffix(".md"), model_card_markdown(card))
     return card
+
+
+def write_learning_curve(run_dir: str | Path, meta: dict, path: Path) -> dict:
+    """The run's learning curve up to the exported checkpoint, beside the PPO baseline's when the run plays its
+    game; returns what the card says of it (the file, and the baseline's return at the same frames)."""
+    rows = logged_rows(Path(run_dir) / METRICS_FILE, meta["iteration"])
+    ppo = meta["ppo"]
+    baseline = baseline_curve() if has_baseline(ppo) else None
+    plot_learning_curve(rows, path, warmup_frames=ppo["num_envs"] * EPISODE_LIMIT, baseline=baseline)
+    out = {"file": path.name}
+    if baseline is not None:
+        i = int(np.clip(np.searchsorted(baseline.frames, meta["frames"]), 0, len(baseline.frames) - 1))
+        out["baseline_at_frames"] = {
+            "frames": int(baseline.frames[i]),
+            "return_mean": round(float(baseline.return_mean[i]), 2),
+            "return_std": round(float(baseline.return_std[i]), 2),
+        }
+    return out
 
 
 def train_command(run_dir: str | Path, meta: dict) -> str:
@@ -93,11 +122,30 @@ def train_command(run_dir: str | Path, meta: dict) -> str:
     )
 
 
-def _row(name: str, e) -> str:
-    return f"| {name} | {e.mean_return:.2f} ± {e.return_ci95:.2f} | {e.success_rate:.1%} ± {e.success_ci95:.1%} |"
+def _row(name: str, e: dict) -> str:
+    return (
+        f"| {name} | {e['mean_return']:.2f} ± {e['return_ci95']:.2f} | "
+        f"{e['success_rate']:.1%} ± {e['success_ci95']:.1%} |"
+    )
 
 
-def model_card_markdown(card: dict, results: dict) -> str:
+def _curve_markdown(card: dict) -> str:
+    curve = card.get("learning_curve")
+    if not curve:
+        return ""
+    text = f"\n## Learning curve\n\n![learning curve]({curve['file']})\n"
+    b = curve.get("baseline_at_frames")
+    if b:
+        text += (
+            "\nThe dashed line is OpenAI's PPO baseline on the same game (openai/train-procgen, easy mode, unbounded "
+            f"levels, 3 seeds, 3 epochs x 8 minibatches): at {b['frames']:,} frames its training return was "
+            f"{b['return_mean']:.2f} ± {b['return_std']:.2f} (mean ± std over the seeds); this agent's training "
+            "curves are the solid lines.\n"
+        )
+    return text
+
+
+def model_card_markdown(card: dict) -> str:
     e = card["evaluation"]
     return f"""# {card["name"]}: a PPO agent for Procgen Heist
 
@@ -109,13 +157,13 @@ def model_card_markdown(card: dict, results: dict) -> str:
 
 | policy | mean return (95% interval) | success rate |
 |---|---|---|
-{_row("this agent", results["agent"])}
-{_row("this agent, greedy (argmax of the logits)", results["greedy"])}
-{_row("random", results["random"])}
+{_row("this agent", e["agent"])}
+{_row("this agent, greedy (argmax of the logits)", e["greedy"])}
+{_row("random", e["random"])}
 
 Greedy play is lower: Heist is deterministic, so the argmax policy does the same thing again on a frame it has seen
 before, and once it paces between two places or walks into a wall it stays there until the 1000-step timeout;
 sampling breaks such loops (`benchmarks/greedy_vs_sampled.py` counts them).
-
+{_curve_markdown(card)}
 Colour decorrelation (fitted on {card["color_stats"]["frames"]} frames of its play): see `{card["name"]}.color.json`.
 """

@@ -7,6 +7,7 @@ The run directory's layout, and reading its policy without a trainer, are `jaxin
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import shutil
 import signal
@@ -21,6 +22,7 @@ from jaxinterp.envs.heist import Episodes, HeistConfig, HeistEnv, HeistState
 from jaxinterp.envs.stepping import step_policy
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.progress import bar as progress_bar
+from jaxinterp.rl.baseline import BaselineCurve, baseline_curve, has_baseline
 from jaxinterp.rl.ppo import PPOConfig, RewardNormalizer, Trainer, TrainState, Transition, make_train
 from jaxinterp.weights.training_run import (
     CHECKPOINTS,
@@ -38,6 +40,7 @@ __all__ = [
     "EPISODE_WINDOW",
     "KEEP_CHECKPOINTS",
     "heist_config",
+    "logged_rows",
     "plot_learning_curve",
     "rollout",
     "train",
@@ -158,6 +161,7 @@ def train(
         frames, desc=desc, unit="frame", enabled=progress, initial=min(int(state.frames), frames)
     )
     warmup = config.num_envs * EPISODE_LIMIT  # frames until every env has finished one episode
+    baseline = baseline_curve() if has_baseline(dataclasses.asdict(config)) else None
     previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while int(state.frames) < frames:
@@ -172,7 +176,9 @@ def train(
             )
             if time.monotonic() - last_save > checkpoint_every_s:
                 _save_checkpoint(run_dir, *consistent)
-                plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
+                plot_learning_curve(
+                    history, run_dir / "learning_curve.png", warmup_frames=warmup, baseline=baseline
+                )
                 last_save = time.monotonic()
     except KeyboardInterrupt:
         bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
@@ -181,7 +187,9 @@ def train(
         try:
             bar.close()
             _save_checkpoint(run_dir, *consistent)
-            plot_learning_curve(history, run_dir / "learning_curve.png", warmup_frames=warmup)
+            plot_learning_curve(
+                history, run_dir / "learning_curve.png", warmup_frames=warmup, baseline=baseline
+            )
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -281,7 +289,7 @@ def _fork(source: Path, run_dir: Path, config: PPOConfig) -> dict:
     if latest is None:
         raise JaxinterpError(f"--init-from {source}: it has no checkpoint yet")
     iteration = int(latest.name.split("_")[1])
-    _write_log(run_dir / METRICS_FILE, _log_rows(source / METRICS_FILE, iteration))
+    _write_log(run_dir / METRICS_FILE, logged_rows(source / METRICS_FILE, iteration))
     return {
         "run": source.as_posix(),
         "checkpoint": f"init/{latest.name}",
@@ -307,7 +315,7 @@ def _mean(xs) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
-def _log_rows(path: Path, upto: int) -> list[dict]:
+def logged_rows(path: Path, upto: int) -> list[dict]:
     """The rows of the metrics log ``path`` up to iteration ``upto``."""
     if not path.exists():
         return []
@@ -321,15 +329,18 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 def _read_log(path: Path, upto: int) -> list[dict]:
     """Rows logged up to the checkpointed iteration; later rows (from after the last checkpoint) are dropped."""
-    rows = _log_rows(path, upto)
+    rows = logged_rows(path, upto)
     if path.exists():
         _write_log(path, rows)
     return rows
 
 
-def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int = 0) -> None:
+def plot_learning_curve(
+    history: list[dict], path: Path, *, warmup_frames: int = 0, baseline: BaselineCurve | None = None
+) -> None:
     """Episode return and success rate against frames: the logged last-100 mean (faint) and a smoother mean over
-    the last ``CURVE_WINDOW`` episodes (bold), with policy entropy beside them.
+    the last ``CURVE_WINDOW`` episodes (bold), with policy entropy beside them; with ``baseline``, the published
+    PPO curve on each panel (mean over its seeds, their spread shaded for the return).
 
     Frames before ``warmup_frames`` are shaded: until every env has played one full episode (Heist's 1000-step
     limit), the episodes that have finished are mostly the short, successful ones, so the curve starts too high.
@@ -352,7 +363,7 @@ def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int =
         ("episode return", "success rate", "policy entropy"),
     ):
         if episodes is None:
-            ax.plot(frames, [r[key] for r in history])
+            ax.plot(frames, [r[key] for r in history], label="this run")
         else:
             ax.plot(frames, [r[key] for r in history], alpha=0.3, label=f"last {EPISODE_WINDOW} episodes")
             values = np.concatenate([np.asarray(r.get(episodes, []), np.float64) for r in history])
@@ -363,6 +374,24 @@ def plot_learning_curve(history: list[dict], path: Path, *, warmup_frames: int =
                     (csum[ends] - csum[starts]) / (ends - starts),
                     label=f"last {CURVE_WINDOW} episodes",
                 )
+        if baseline is not None:
+            b = {"episode_return": baseline.return_mean, "success_rate": baseline.success_mean}.get(
+                key, baseline.entropy_mean
+            )
+            ax.plot(
+                baseline.frames,
+                b,
+                color="0.35",
+                linestyle="--",
+                label="PPO baseline (train-procgen, 3 seeds)",
+            )
+            if key == "episode_return":
+                spread = (
+                    baseline.return_mean - baseline.return_std,
+                    baseline.return_mean + baseline.return_std,
+                )
+                ax.fill_between(baseline.frames, *spread, color="0.35", alpha=0.15, linewidth=0)
+        if episodes is not None or baseline is not None:
             ax.legend(fontsize=7, loc="best")  # never over the curves
         if warmup_frames:
             ax.axvspan(0, min(warmup_frames, frames[-1]), color="0.88", zorder=0)
