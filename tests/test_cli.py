@@ -122,7 +122,8 @@ def test_train_then_export_gives_the_same_policy(tmp_path, heist_frames):
     assert (
         card["learning_curve"]["file"] == "tiny.curve.png" and (tmp_path / "w" / "tiny.curve.png").is_file()
     )
-    assert card["learning_curve"]["baseline_at_frames"]["frames"] == 180_224  # its first row (after 10 updates)
+    baseline_row = card["learning_curve"]["baseline_at_frames"]
+    assert baseline_row["frames"] == 180_224  # the baseline's first row (after its first 10 updates)
     assert "![learning curve](tiny.curve.png)" in (tmp_path / "w" / "tiny.md").read_text()
     trained = jaxinterp.load_agent(run)  # a run directory stands for its latest policy, in Python too
     for suffix in (".pt", ".safetensors"):

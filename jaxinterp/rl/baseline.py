@@ -29,7 +29,9 @@ class BaselineCurve(NamedTuple):
 
 
 def baseline_curve() -> BaselineCurve:
-    lines = [s for s in files("jaxinterp.rl").joinpath(BASELINE_FILE).read_text().splitlines() if s[:1] != "#"]
+    lines = [
+        s for s in files("jaxinterp.rl").joinpath(BASELINE_FILE).read_text().splitlines() if s[:1] != "#"
+    ]
     columns = lines[0].split(",")
     table = np.loadtxt(lines[1:], delimiter=",", dtype=np.float64, ndmin=2)
     return BaselineCurve(*(table[:, columns.index(name)] for name in BaselineCurve._fields))
