@@ -19,10 +19,9 @@ from jaxinterp.envs.rollout import agent_policy
 from jaxinterp.envs.stepping import keyed, step_policy
 from jaxinterp.featviz.param import fit_color_stats, save_color_stats
 from jaxinterp.models.agent import Agent
-from jaxinterp.rl.baseline import baseline_curve, has_baseline
 from jaxinterp.rl.evaluate import evaluate, level_config
 from jaxinterp.rl.ppo import PPOConfig
-from jaxinterp.rl.train import EPISODE_LIMIT, METRICS_FILE, logged_rows, plot_learning_curve
+from jaxinterp.rl.train import METRICS_FILE, logged_rows, save_learning_curve
 from jaxinterp.weights.store import save_agent
 from jaxinterp.weights.training_run import load_run_agent
 
@@ -93,9 +92,7 @@ def write_learning_curve(run_dir: str | Path, meta: dict, path: Path) -> dict:
     """The run's learning curve up to the exported checkpoint, beside the PPO baseline's when the run plays its
     game; returns what the card says of it (the file, and the baseline's return at the same frames)."""
     rows = logged_rows(Path(run_dir) / METRICS_FILE, meta["iteration"])
-    ppo = meta["ppo"]
-    baseline = baseline_curve() if has_baseline(ppo) else None
-    plot_learning_curve(rows, path, warmup_frames=ppo["num_envs"] * EPISODE_LIMIT, baseline=baseline)
+    baseline = save_learning_curve(rows, path, meta["ppo"])
     out = {"file": path.name}
     if baseline is not None:
         i = int(np.clip(np.searchsorted(baseline.frames, meta["frames"]), 0, len(baseline.frames) - 1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import shutil
 import signal
@@ -43,6 +44,7 @@ __all__ = [
     "logged_rows",
     "plot_learning_curve",
     "rollout",
+    "save_learning_curve",
     "train",
 ]
 
@@ -160,8 +162,9 @@ def train(
     bar = progress_bar(
         frames, desc=desc, unit="frame", enabled=progress, initial=min(int(state.frames), frames)
     )
-    warmup = config.num_envs * EPISODE_LIMIT  # frames until every env has finished one episode
-    baseline = baseline_curve() if has_baseline(dataclasses.asdict(config)) else None
+    curve = functools.partial(
+        save_learning_curve, path=run_dir / "learning_curve.png", ppo=dataclasses.asdict(config)
+    )
     previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while int(state.frames) < frames:
@@ -176,9 +179,7 @@ def train(
             )
             if time.monotonic() - last_save > checkpoint_every_s:
                 _save_checkpoint(run_dir, *consistent)
-                plot_learning_curve(
-                    history, run_dir / "learning_curve.png", warmup_frames=warmup, baseline=baseline
-                )
+                curve(history)
                 last_save = time.monotonic()
     except KeyboardInterrupt:
         bar.write("interrupted: saving the last completed iteration; rerun the same command to resume")
@@ -187,9 +188,7 @@ def train(
         try:
             bar.close()
             _save_checkpoint(run_dir, *consistent)
-            plot_learning_curve(
-                history, run_dir / "learning_curve.png", warmup_frames=warmup, baseline=baseline
-            )
+            curve(history)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -333,6 +332,14 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     if path.exists():
         _write_log(path, rows)
     return rows
+
+
+def save_learning_curve(history: list[dict], path: Path, ppo: dict) -> BaselineCurve | None:
+    """`plot_learning_curve` with a run's own settings (``ppo``, as in its config.json): frames shaded until every
+    env has finished one episode, and the PPO baseline's curve when the run plays its game; returns that curve."""
+    baseline = baseline_curve() if has_baseline(ppo) else None
+    plot_learning_curve(history, path, warmup_frames=ppo["num_envs"] * EPISODE_LIMIT, baseline=baseline)
+    return baseline
 
 
 def plot_learning_curve(

@@ -142,14 +142,17 @@ def kth_largest(values: jax.Array, k: jax.Array) -> jax.Array:
     return jnp.where(c_hi == k - 1, highest_below, lowest_above)
 
 
-def _order_key(x: jax.Array) -> jax.Array:
-    """float32 -> int32 in the same order (negative floats' magnitude bits flipped)."""
-    i = jax.lax.bitcast_convert_type(x, jnp.int32)
+def _flip_negatives(i: jax.Array) -> jax.Array:
+    """The magnitude bits of negative int32s flipped: float32 bits -> int32 in the floats' order, and back."""
     return jnp.where(i < 0, i ^ jnp.int32(0x7FFFFFFF), i)
 
 
+def _order_key(x: jax.Array) -> jax.Array:
+    return _flip_negatives(jax.lax.bitcast_convert_type(x, jnp.int32))
+
+
 def _from_order_key(i: jax.Array) -> jax.Array:
-    return jax.lax.bitcast_convert_type(jnp.where(i < 0, i ^ jnp.int32(0x7FFFFFFF), i), jnp.float32)
+    return jax.lax.bitcast_convert_type(_flip_negatives(i), jnp.float32)
 
 
 def top_k_mask(pre: jax.Array, k: jax.Array) -> jax.Array:

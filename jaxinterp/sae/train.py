@@ -162,9 +162,8 @@ def _block(config: SAEConfig, member_pass: int | None, states, hypers, xs):
     """A device's members over a block of batches: in passes of ``member_pass`` members (see `make_train`)."""
     members = len(hypers.k)
     rows = member_pass or (1 if jax.default_backend() == "cpu" else members)
-    if (
-        rows == 1
-    ):  # one member at a time, unbatched: its AuxK branch stays a branch (vmapped it runs both sides)
+    # one member at a time, unbatched: its AuxK branch stays a branch (vmapped, both sides would run)
+    if rows == 1:
         return jax.lax.map(lambda sh: _member_block(config, *sh, xs), (states, hypers))
     run = jax.vmap(functools.partial(_member_block, config), in_axes=(0, 0, None))
     if rows >= members or members % rows:
