@@ -271,12 +271,11 @@ def test_geometric_median_resists_outliers():
 
 def test_auxk_reconstructs_the_residual_from_the_largest_dead_latents_without_b_dec():
     p = _random_params(d_in=6, d_sae=10, seed=7)
-    config = SAEConfig(d_in=6, width=10, arch="topk", k=2, aux_k=3)
     rng = np.random.default_rng(0)
     pre = rng.normal(size=(5, 10)).astype(np.float32)
     err = rng.normal(size=(5, 6)).astype(np.float32)
     dead = np.arange(10) % 2 == 0  # 5 dead latents, k_aux = 3 of them per sample
-    got = model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.asarray(dead))
+    got = model.auxk(p, jnp.asarray(pre), jnp.asarray(err), jnp.asarray(dead), 3)
     z = np.zeros_like(pre)
     for i in range(5):
         top = np.flatnonzero(dead)[np.argsort(-pre[i, dead])[:3]]
@@ -285,11 +284,11 @@ def test_auxk_reconstructs_the_residual_from_the_largest_dead_latents_without_b_
         (err - err.mean(0)) ** 2
     ).sum()  # no b_dec in the reconstruction
     assert float(got) == pytest.approx(ref, rel=1e-5)
-    assert float(model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.zeros(10, bool))) == 0.0
+    assert float(model.auxk(p, jnp.asarray(pre), jnp.asarray(err), jnp.zeros(10, bool), 3)) == 0.0
     few = np.arange(10) == 4  # fewer dead latents than k_aux: all of them reconstruct
     z = np.where(few, np.maximum(pre, 0), 0)
     ref = ((err - z @ p.W_dec) ** 2).sum() / ((err - err.mean(0)) ** 2).sum()
-    got = model._auxk(config, p, jnp.asarray(pre), jnp.asarray(err), jnp.asarray(few))
+    got = model.auxk(p, jnp.asarray(pre), jnp.asarray(err), jnp.asarray(few), 3)
     assert float(got) == pytest.approx(ref, rel=1e-5)
 
 
@@ -412,6 +411,18 @@ def test_finetuning_for_the_policy_lowers_its_kl_and_keeps_k(heist_frames):
     assert (tuned.arch, tuned.k, tuned.layer) == ("topk", 4, layer)
     assert tuned.cfg["jaxinterp"]["finetuned_for_policy"]["steps"] == 150
     assert tuned.cfg["jaxinterp"]["input_scale"] == 1.0
+    # AuxK trains latents that never fire (here 8 whose pre-activation is a constant 1e-3, never in the top 4):
+    # with it their decoder rows move, without it they get no gradient at all.
+    idle = np.arange(8)
+    p = params._replace(W_enc=params.W_enc.copy(), b_enc=params.b_enc.copy())
+    p.W_enc[:, idle], p.b_enc[idle] = 0.0, 1e-3
+    sleepy = sae._replace(params=p)
+    for coef in (1 / 32, 0.0):
+        out = finetune_for_policy(
+            agent, sleepy, source, steps=3, aux_coef=coef, dead_samples=1, progress=False
+        )
+        moved = np.abs(out.params.W_dec[idle] - p.W_dec[idle]).max()
+        assert (moved > 1e-4) if coef else (moved == 0.0), (coef, moved)
     with pytest.raises(JaxinterpError, match="only for TopK"):
         finetune_for_policy(agent, sae._replace(arch="relu"), source, steps=1, progress=False)
     with pytest.raises(JaxinterpError, match="reads conv_seqs.1"):

@@ -154,7 +154,7 @@ def cmd_eval(args) -> None:
 
 
 def _add_finetune(group) -> None:
-    from jaxinterp.sae.finetune import FINETUNE_LR, FINETUNE_STEPS, MSE_COEF
+    from jaxinterp.sae.finetune import AUX_COEF, FINETUNE_LR, FINETUNE_STEPS, MSE_COEF
 
     f = group.add_parser(
         "finetune", help="train a TopK SAE further so that the agent acts the same with it spliced in"
@@ -165,6 +165,9 @@ def _add_finetune(group) -> None:
     f.add_argument("--lr", type=float, help=f"Adam's learning rate (default {FINETUNE_LR})")
     f.add_argument(
         "--mse-coef", type=float, help=f"weight of the FVU beside the policy KL (default {MSE_COEF})"
+    )
+    f.add_argument(
+        "--aux-coef", type=float, help=f"weight of AuxK, which revives dead latents (default {AUX_COEF:g})"
     )
     add_seed_arg(f, help="seed of the frames' order")
     f.add_argument("--out", help="the new SAE's directory (default: the SAE's, with -policy appended)")
@@ -185,7 +188,7 @@ def cmd_finetune(args) -> None:
     sweep_dir = dirs[0].parent
     dataset = _dataset(args.dataset, agent, sweep_dir)
     source = activation_source(agent, dataset, sae.layer, sweep_dir)
-    options = given(steps=args.steps, lr=args.lr, mse_coef=args.mse_coef)
+    options = given(steps=args.steps, lr=args.lr, mse_coef=args.mse_coef, aux_coef=args.aux_coef)
     tuned = finetune_for_policy(agent, sae, source, seed=args.seed, **options)
     out = Path(args.out) if args.out else dirs[0].with_name(dirs[0].name + "-policy")
     save_sae(tuned, out)

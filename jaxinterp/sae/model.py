@@ -20,6 +20,7 @@ __all__ = [
     "Hyper",
     "SAEParams",
     "Terms",
+    "auxk",
     "batch_top_k",
     "decode",
     "encode",
@@ -273,7 +274,7 @@ def loss(
     x_hat = decode(params, z)
     err = x - x_hat
     recon = jnp.mean(err**2)
-    aux = _auxk(config, params, pre, err, dead) if config.arch in ("topk", "batchtopk") else jnp.float32(0.0)
+    aux = auxk(params, pre, err, dead, config.k_aux) if config.arch in ("topk", "batchtopk") else jnp.float32(0.0)
     sparsity = warm * sparsity
     total = recon + sparsity + config.aux_coef * aux
     fvu = jnp.sum(err**2) / jnp.sum((x - x.mean(0)) ** 2)
@@ -281,7 +282,7 @@ def loss(
     return total, (z, Terms(total, recon, sparsity, aux, l0, fvu, kept_min))
 
 
-def _auxk(config: SAEConfig, params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array) -> jax.Array:
+def auxk(params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
     """AuxK (Gao et al. 2024): the ``k_aux`` largest dead latents (all of them when fewer are dead) reconstruct the
     residual ``err``, normalized by its variance; zero, and not computed, when no latent is dead (as SAELens does).
     The reconstruction is ``z @ W_dec`` with no ``b_dec`` (adding it counts the bias twice). Dense latents and a
@@ -290,8 +291,7 @@ def _auxk(config: SAEConfig, params: SAEParams, pre: jax.Array, err: jax.Array, 
 
     def revive(pre, err):
         masked = jnp.where(dead, pre, jnp.min(pre) - 1)  # below every dead latent, and finite for the search
-        k_aux = jnp.minimum(config.k_aux, jnp.sum(dead))
-        z = jnp.where(dead & (masked >= kth_largest(masked, k_aux)), jax.nn.relu(pre), 0.0)
+        z = jnp.where(dead & (masked >= kth_largest(masked, jnp.minimum(k_aux, jnp.sum(dead)))), jax.nn.relu(pre), 0.0)
         target = jax.lax.stop_gradient(err)
         scale = jnp.sum((target - target.mean(0)) ** 2)
         return jnp.sum((target - z @ params.W_dec) ** 2) / jnp.maximum(scale, 1e-12)
