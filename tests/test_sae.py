@@ -243,6 +243,10 @@ def test_metrics_by_hand():
     assert metrics.choose_and_score(pa, a, pb, b) == [(1, 0.0)]
     ((f, f1),) = metrics.choose_and_score(pa, a, pb, b, thresholds=lambda v: np.array([[0.5, 0.5]]))
     assert (f, f1) == (1, 0.0)
+    # a class at every position leaves nothing to tell apart: no F1, even for a feature that fires everywhere
+    everywhere = np.ones((3, 1), bool)
+    ((_, f1),) = metrics.choose_and_score(everywhere, a + 1, pb, b)
+    assert np.isnan(f1)
 
 
 def test_config_and_sweep_errors():

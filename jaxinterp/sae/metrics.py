@@ -259,7 +259,9 @@ def choose_and_score(
     thresholds: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[tuple[int, float]]:
     """Per object class, (feature, F1): the feature (and, with ``thresholds``, its threshold) with the best F1 on
-    the first set of samples, scored on the second; NaN F1 where the class never occurs in the second."""
+    the first set of samples, scored on the second; NaN F1 where the class never occurs in the second, or where
+    the first has no sample without it (the last stage's 8 x 8-pixel blocks all hold some wall: nothing to tell
+    apart, and a feature that fires everywhere would score F1 1)."""
     cands = None if thresholds is None else thresholds(values_choose)
     chosen = object_scores(values_choose, present_choose, thresholds=cands)
     out = []
@@ -267,7 +269,7 @@ def choose_and_score(
         f = int(np.argmax(np.nan_to_num(chosen.f1[:, j], nan=-1)))
         fires = values_score[:, f] > chosen.threshold[f, j]
         _, _, f1 = _scores(fires[:, None], present_score[:, [j]])
-        out.append((f, float(f1[0, 0])))
+        out.append((f, float("nan") if present_choose[:, j].all() else float(f1[0, 0])))
     return out
 
 

@@ -205,11 +205,12 @@ def plot_frontier(summary: Sequence[dict], path: Path) -> None:
 
 
 def _probes(p_tr, v_tr, p_ho, v_ho) -> dict[str, list[float]]:
-    """Held-out F1 of k-sparse probes (k in `metrics.PROBE_K`) for every class seen in both splits."""
+    """Held-out F1 of k-sparse probes (k in `metrics.PROBE_K`) for every class seen in both splits and missing from
+    some training position (a class everywhere leaves the probe nothing to separate)."""
     return {
         c: [metrics.sparse_probe(v_tr, p_tr[:, j], v_ho, p_ho[:, j], k) for k in metrics.PROBE_K]
         for j, c in enumerate(metrics.OBJECT_CLASSES)
-        if p_tr[:, j].any() and p_ho[:, j].any()
+        if p_tr[:, j].any() and not p_tr[:, j].all() and p_ho[:, j].any()
     }
 
 
