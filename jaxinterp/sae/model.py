@@ -274,7 +274,11 @@ def loss(
     x_hat = decode(params, z)
     err = x - x_hat
     recon = jnp.mean(err**2)
-    aux = auxk(params, pre, err, dead, config.k_aux) if config.arch in ("topk", "batchtopk") else jnp.float32(0.0)
+    aux = (
+        auxk(params, pre, err, dead, config.k_aux)
+        if config.arch in ("topk", "batchtopk")
+        else jnp.float32(0.0)
+    )
     sparsity = warm * sparsity
     total = recon + sparsity + config.aux_coef * aux
     fvu = jnp.sum(err**2) / jnp.sum((x - x.mean(0)) ** 2)
@@ -291,7 +295,9 @@ def auxk(params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array, k_a
 
     def revive(pre, err):
         masked = jnp.where(dead, pre, jnp.min(pre) - 1)  # below every dead latent, and finite for the search
-        z = jnp.where(dead & (masked >= kth_largest(masked, jnp.minimum(k_aux, jnp.sum(dead)))), jax.nn.relu(pre), 0.0)
+        z = jnp.where(
+            dead & (masked >= kth_largest(masked, jnp.minimum(k_aux, jnp.sum(dead)))), jax.nn.relu(pre), 0.0
+        )
         target = jax.lax.stop_gradient(err)
         scale = jnp.sum((target - target.mean(0)) ** 2)
         return jnp.sum((target - z @ params.W_dec) ** 2) / jnp.maximum(scale, 1e-12)
