@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.sae import files, metrics, model
+from jaxinterp.sae import files, metrics, model, runs
 from jaxinterp.sae.config import SAEConfig, parse_sweep
 from jaxinterp.sae.data import ActivationSource, geometric_median
 from jaxinterp.sae.train import train_sweep
@@ -182,6 +182,7 @@ def test_export_folds_the_scale_and_import_is_exact(arch, tmp_path):
     np.testing.assert_array_equal(back.encode(x), sae.encode(x))
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    assert runs.trained_arch(back) == arch  # a BatchTopK SAE stays one in tables and plots
     assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "conv_seqs.2.res_block1"
     np.testing.assert_array_equal(files.load_sparsity(tmp_path), np.full(10, -2.0, np.float32))
 
@@ -247,6 +248,20 @@ def test_metrics_by_hand():
     everywhere = np.ones((3, 1), bool)
     ((_, f1),) = metrics.choose_and_score(everywhere, a + 1, pb, b)
     assert np.isnan(f1)
+
+
+def test_the_frontier_groups_members_by_how_they_were_trained():
+    def member(arch, trained_as, l0):
+        row = {"architecture": arch, "reconstruction": {"l0": l0, "fvu": 1 / l0}}
+        return row | ({"trained_as": trained_as} if trained_as else {})
+
+    summary = [
+        member("jumprelu", "batchtopk", 6.5),
+        member("jumprelu", "jumprelu", 8.2),
+        member("topk", None, 8),
+    ]
+    groups = runs.frontier_groups(summary)
+    assert groups == {"batchtopk": [(6.5, 1 / 6.5)], "jumprelu": [(8.2, 1 / 8.2)], "topk": [(8, 1 / 8)]}
 
 
 def test_config_and_sweep_errors():

@@ -23,7 +23,7 @@ from jaxinterp.report.object_tables import objects_html, write_object_response
 from jaxinterp.report.visualizations import FeatvizSettings, visualize_layers
 from jaxinterp.sae.features import latent_feature, latent_objective
 from jaxinterp.sae.files import load_sparsity
-from jaxinterp.sae.runs import EVAL_FILE, load_member
+from jaxinterp.sae.runs import EVAL_FILE, load_member, trained_arch
 
 __all__ = ["DEFAULT_LATENTS", "chosen_latents", "section_html", "write_sae_section"]
 
@@ -113,7 +113,7 @@ def write_sae_section(
     return {
         "sae": str(sae_dir),
         "layer": sae.layer,
-        "architecture": sae.cfg.get("architecture"),
+        "architecture": trained_arch(sae),
         "d_sae": sae.d_sae,
         "sheet": f"sae/featviz/{stem}/sheet.png",
         "objects_png": "sae/objects/objects.png",

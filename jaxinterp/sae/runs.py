@@ -155,6 +155,7 @@ def evaluate_saes(
             "sae": str(d),
             "layer": layer,
             "architecture": sae.cfg.get("architecture"),
+            "trained_as": trained_arch(sae),
             "d_sae": sae.d_sae,
             "reconstruction": rec,
             "policy": fid,
@@ -178,6 +179,23 @@ def evaluate_saes(
     return summary
 
 
+def trained_arch(sae: SAE) -> str:
+    """How an SAE was trained (`config.ARCHITECTURES`; a BatchTopK SAE is stored as SAELens' ``jumprelu``), or
+    SAELens' architecture name for one trained elsewhere."""
+    return sae.cfg.get("jaxinterp", {}).get("config", {}).get("arch") or sae.cfg.get(
+        "architecture", "standard"
+    )
+
+
+def frontier_groups(summary: Sequence[dict]) -> dict[str, list[tuple[float, float]]]:
+    """(L0, FVU) of the members of a sweep's summary, per training architecture."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for s in summary:
+        arch = s.get("trained_as") or s["architecture"]  # summaries written before "trained_as" existed
+        groups.setdefault(arch, []).append((s["reconstruction"]["l0"], s["reconstruction"]["fvu"]))
+    return dict(sorted(groups.items()))
+
+
 def plot_frontier(summary: Sequence[dict], path: Path) -> None:
     """L0 against FVU of every member, one marker per architecture: the sweep's sparsity-fidelity frontier."""
     import matplotlib
@@ -186,12 +204,7 @@ def plot_frontier(summary: Sequence[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for arch in sorted({s["architecture"] for s in summary}):
-        pts = [
-            (s["reconstruction"]["l0"], s["reconstruction"]["fvu"], Path(s["sae"]).name)
-            for s in summary
-            if s["architecture"] == arch
-        ]
+    for arch, pts in frontier_groups(summary).items():
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=arch)
     ax.set_xlabel("L0 (active latents per position)")
     ax.set_ylabel("FVU (held-out, pooled)")
