@@ -19,7 +19,7 @@ from jaxinterp.cli.startup import no_ynn_fusions
 no_ynn_fusions()  # as the `jaxinterp` commands run (before JAX starts)
 
 from jaxinterp.envs.dataset import Dataset
-from jaxinterp.sae.data import ActivationSource, evenly
+from jaxinterp.sae.data import evenly, heldout_mask
 from jaxinterp.weights.store import default_checkpoint, load_agent
 
 GAPS = (0.01, 0.03, 0.1)
@@ -38,9 +38,8 @@ def main() -> None:
     agent = load_agent(args.checkpoint or default_checkpoint())
     agent.check_layers([args.layer])
     data = Dataset(args.dataset)
-    episodes = data.column("episode_ids")
-    split = ActivationSource(np.zeros((len(episodes), 1, 1, 1), np.float32), episodes, layer=args.layer)
-    frames = data.get(evenly(split.heldout_frames, args.frames), fields=["frames"])["frames"]
+    heldout = np.flatnonzero(heldout_mask(data.column("episode_ids")))
+    frames = data.get(evenly(heldout, args.frames), fields=["frames"])["frames"]
     logits_name = agent.arch.logits
     acts = agent.activations(frames, [args.layer, logits_name])
     x, logits = np.asarray(acts[args.layer]), np.asarray(acts[logits_name])

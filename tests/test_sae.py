@@ -252,13 +252,12 @@ def test_metrics_by_hand():
 
 def test_the_frontier_groups_members_by_how_they_were_trained():
     def member(arch, trained_as, l0):
-        row = {"architecture": arch, "reconstruction": {"l0": l0, "fvu": 1 / l0}}
-        return row | ({"trained_as": trained_as} if trained_as else {})
+        return {"architecture": arch, "trained_as": trained_as, "reconstruction": {"l0": l0, "fvu": 1 / l0}}
 
     summary = [
         member("jumprelu", "batchtopk", 6.5),
         member("jumprelu", "jumprelu", 8.2),
-        member("topk", None, 8),
+        member("topk", "topk", 8),
     ]
     groups = runs.frontier_groups(summary)
     assert groups == {"batchtopk": [(6.5, 1 / 6.5)], "jumprelu": [(8.2, 1 / 8.2)], "topk": [(8, 1 / 8)]}

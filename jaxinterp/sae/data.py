@@ -29,12 +29,19 @@ __all__ = [
     "ActivationSource",
     "evenly",
     "geometric_median",
+    "heldout_mask",
     "input_scale",
     "layer_activations",
 ]
 
 HELDOUT_EVERY = 10
 """Episodes whose id is ``HELDOUT_EVERY - 1`` modulo this are held out: a tenth of the play, whole episodes."""
+
+
+def heldout_mask(episode_ids: np.ndarray) -> np.ndarray:
+    """(N,) bool: the frames of held-out episodes (see `HELDOUT_EVERY`)."""
+    return np.asarray(episode_ids) % HELDOUT_EVERY == HELDOUT_EVERY - 1
+
 
 CHUNK_FRAMES = 256
 """Frames per forward pass when the activations are computed (bounded memory; progress per chunk)."""
@@ -106,7 +113,7 @@ class ActivationSource:
         self.frames, self.height, self.width, self.d_in = acts.shape
         self.positions = self.height * self.width
         self.samples = acts.reshape(-1, self.d_in)  # a view: the memory map stays on disk
-        held = np.asarray(episode_ids) % HELDOUT_EVERY == HELDOUT_EVERY - 1
+        held = heldout_mask(episode_ids)
         self.train_frames, self.heldout_frames = np.flatnonzero(~held), np.flatnonzero(held)
         per_sample = np.repeat(held, self.positions)
         self.train_index = np.flatnonzero(~per_sample)

@@ -26,6 +26,7 @@ from jaxinterp.sae import model
 from jaxinterp.sae.config import SAEConfig
 from jaxinterp.sae.data import ActivationSource, evenly
 from jaxinterp.sae.files import SAE
+from jaxinterp.sae.train import since_fired
 
 __all__ = ["AUX_COEF", "FINETUNE_FRAMES", "FINETUNE_LR", "FINETUNE_STEPS", "MSE_COEF", "finetune_for_policy"]
 
@@ -73,13 +74,12 @@ def _step(agent: Agent, params, opt_state, since, x, variance, coefs, *, layer: 
         lq = jax.nn.log_softmax(agent.forward_from(agent.params, layer, x - err.reshape(x.shape))[logits])
         kl = jnp.mean(policy_kl(lp, lq))
         fvu = jnp.mean(jnp.sum(err**2, -1)) / variance
-        aux = model.auxk(p, pre, err, dead, flat.shape[-1] // 2)
+        aux = model.auxk(p, pre, err, dead, coefs["k_aux"])
         return kl + coefs["mse"] * fvu + coefs["aux"] * aux, (z, (kl, fvu, aux))
 
     (_, (z, terms)), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    since = jnp.where(jnp.any(z > 0, 0), 0, jnp.minimum(since + flat.shape[0], 2**30))
-    return optax.apply_updates(params, updates), opt_state, since, terms
+    return optax.apply_updates(params, updates), opt_state, since_fired(since, z), terms
 
 
 def finetune_for_policy(
@@ -114,7 +114,8 @@ def finetune_for_policy(
     params = jax.tree.map(jnp.asarray, sae.params)
     opt_state = optimizer.init(params)
     since = jnp.zeros(len(params.b_enc), jnp.int32)
-    coefs = {"mse": mse_coef, "aux": aux_coef, "dead_samples": dead_samples}
+    k_aux = SAEConfig(d_in=source.d_in, width=len(params.b_enc)).k_aux  # as training derives it
+    coefs = {"mse": mse_coef, "aux": aux_coef, "dead_samples": dead_samples, "k_aux": k_aux}
     rng = np.random.default_rng(seed)
     options = {"layer": sae.layer, "k": sae.k, "optimizer": optimizer}
     with progress_bar(steps, desc="fine-tune for the policy", unit="step", enabled=progress) as bar:

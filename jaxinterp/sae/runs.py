@@ -191,8 +191,7 @@ def frontier_groups(summary: Sequence[dict]) -> dict[str, list[tuple[float, floa
     """(L0, FVU) of the members of a sweep's summary, per training architecture."""
     groups: dict[str, list[tuple[float, float]]] = {}
     for s in summary:
-        arch = s.get("trained_as") or s["architecture"]  # summaries written before "trained_as" existed
-        groups.setdefault(arch, []).append((s["reconstruction"]["l0"], s["reconstruction"]["fvu"]))
+        groups.setdefault(s["trained_as"], []).append((s["reconstruction"]["l0"], s["reconstruction"]["fvu"]))
     return dict(sorted(groups.items()))
 
 

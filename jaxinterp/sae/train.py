@@ -45,6 +45,7 @@ __all__ = [
     "group_configs",
     "lr_schedule",
     "make_train",
+    "since_fired",
     "stack_hypers",
     "train_sweep",
 ]
@@ -146,9 +147,12 @@ def _step_one(config: SAEConfig, state: TrainState, hyper: Hyper, x: jax.Array) 
     updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: hyper.lr * u, updates))
     params = _constrain_params(config, state.step, params, terms)
-    fired = jnp.any(z > 0, axis=0)
-    since = jnp.where(fired, 0, jnp.minimum(state.since_fired + x.shape[0], SINCE_CAP))
-    return TrainState(params, opt_state, since, state.step + 1), terms
+    return TrainState(params, opt_state, since_fired(state.since_fired, z), state.step + 1), terms
+
+
+def since_fired(since: jax.Array, z: jax.Array) -> jax.Array:
+    """Samples since each latent last fired, after a batch of latents ``z`` (B, d_sae): AuxK's dead counter."""
+    return jnp.where(jnp.any(z > 0, axis=0), 0, jnp.minimum(since + z.shape[0], SINCE_CAP))
 
 
 def _member_block(
