@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -179,6 +180,16 @@ def test_tiny_run_trains_end_to_end_and_resume_is_exact(tmp_path):
     agent, meta = load_run_agent(tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, agent.params, resumed.params)
     assert meta["frames"] == frames
+    # an older checkpoint, copied out of the run (as one keeps a good one that training would delete), loads with
+    # its own frames and policy; a directory that is no checkpoint is refused
+    kept = shutil.copytree(tmp_path / "b" / "checkpoints" / "iter_000001", tmp_path / "kept")
+    older, older_meta = load_run_agent(tmp_path / "b", kept)
+    assert (older_meta["frames"], older_meta["iteration"]) == (TINY.frames_per_iteration, 1)
+    assert not np.array_equal(
+        older.params[agent.arch.logits]["kernel"], agent.params[agent.arch.logits]["kernel"]
+    )
+    with pytest.raises(JaxinterpError, match="not a training checkpoint"):
+        load_run_agent(tmp_path / "b", tmp_path / "b" / "checkpoints")
     with pytest.raises(JaxinterpError, match="another config"):
         train(TINY, tmp_path / "b", frames=frames, seed=4, progress=False)
     with pytest.raises(JaxinterpError, match="another config"):

@@ -182,6 +182,11 @@ def _add_export_agent(sub) -> None:
     )
     x.add_argument("run_dir")
     x.add_argument("out", help="output stem, e.g. weights/heist-impala")
+    x.add_argument(
+        "--checkpoint",
+        help="one of the run's checkpoints, an iter_NNNNNN directory, possibly copied out of the run (default: "
+        "its latest)",
+    )
     x.add_argument("--episodes", type=int)
     add_seed_arg(x)
     x.set_defaults(func=cmd_export_agent)
@@ -190,7 +195,9 @@ def _add_export_agent(sub) -> None:
 def cmd_export_agent(args) -> None:
     from jaxinterp.rl.export import export_agent
 
-    card = export_agent(args.run_dir, args.out, seed=args.seed, **given(episodes=args.episodes))
+    card = export_agent(
+        args.run_dir, args.out, seed=args.seed, **given(checkpoint=args.checkpoint, episodes=args.episodes)
+    )
     e = card["evaluation"]
     print(
         f"exported {card['frames_trained']:,}-frame agent to {args.out}.*: success {e['agent']['success_rate']:.1%}"

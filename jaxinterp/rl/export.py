@@ -47,10 +47,17 @@ def agent_frames(agent: Agent, frames: int, *, seed: int = 0, num_envs: int = 64
 
 
 def export_agent(
-    run_dir: str | Path, out: str | Path, *, episodes: int = 1000, seed: int = 0, progress: bool = True
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    episodes: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict:
-    """Write ``out``.pt/.safetensors/.color.json/.card.json/.md from the run's latest checkpoint; returns the card."""
-    agent, meta = load_run_agent(run_dir)
+    """Write ``out``.pt/.safetensors/.color.json/.card.json/.md from one checkpoint of the run (default its latest);
+    returns the card."""
+    agent, meta = load_run_agent(run_dir, checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("") if out.suffix in (".pt", ".safetensors") else out

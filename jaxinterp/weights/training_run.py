@@ -72,8 +72,10 @@ def with_latest(run_dir: str | Path, use: Callable[[Path], T], attempts: int = 3
     )
 
 
-def load_run_agent(run_dir: str | Path) -> tuple[Agent, dict]:
-    """The latest checkpointed policy of a training run, and the run's metadata (config, seed, frames, iteration)."""
+def load_run_agent(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Agent, dict]:
+    """The policy of a training run's ``checkpoint`` (an ``iter_NNNNNN`` directory, default the latest), and the
+    run's metadata (config, seed, frames, iteration). A checkpoint kept outside the run (training deletes its
+    older ones) is read with the run's config."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise JaxinterpError(
@@ -81,7 +83,15 @@ def load_run_agent(run_dir: str | Path) -> tuple[Agent, dict]:
         )
     meta = json.loads((run_dir / CONFIG_FILE).read_text())
     arch = get_architecture(meta["ppo"]["arch"])
-    loaded = with_latest(run_dir, lambda latest: _restore_policy(latest / STATE_DIR, arch))
+    if checkpoint is not None:
+        if not (Path(checkpoint) / STATE_DIR).is_dir():
+            raise JaxinterpError(
+                f"{checkpoint} is not a training checkpoint (no {STATE_DIR}/); give an iter_NNNNNN directory "
+                f"such as those in {run_dir / CHECKPOINTS}"
+            )
+        loaded = _restore_policy(Path(checkpoint) / STATE_DIR, arch)
+    else:
+        loaded = with_latest(run_dir, lambda latest: _restore_policy(latest / STATE_DIR, arch))
     if loaded is None:
         raise JaxinterpError(f"{run_dir} has no checkpoint yet; let `jaxinterp train-agent` run longer")
     params, num_actions = loaded["params"], loaded["params"][arch.logits]["bias"].shape[0]
