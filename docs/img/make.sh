@@ -18,7 +18,7 @@ one() { # the single file matching a glob, or a clear failure
 
 # Feature visualization: the centre-neuron sheet of four last-stage channels (docs/featviz.md, README).
 jx visualize --layer $layer --channels 7,16,25,30 --objective neuron --jitter 8,4 --steps 512 --out "$work/vis"
-cp "$work/vis/sheet.png" $img/featviz_neuron.png
+cp "$work/vis/$stem/sheet.png" $img/featviz_neuron.png
 
 # Dataset examples, object scores and attribution on 4,096 frames of the agent's play (docs/examples.md, README).
 jx rollout --frames 4096 --seed 1 --out "$work/data"
