@@ -362,7 +362,7 @@ def test_environments_left_playing_continue_in_a_smaller_env_and_play_the_same(m
     from jaxinterp.weights.store import default_checkpoint
 
     shipped = jaxinterp.load_agent(default_checkpoint())
-    # levels where the agent of 2026-12-04 ends at steps 52, 54, 173 and 400: half finish while the rest play on
+    # levels where the shipped agent's episodes end at different steps, some before the 400-step cap (checked below)
     levels = make_levels(HeistConfig(num_envs=4, num_levels=0, start_level=0, seed=7))
     rows = [(), parse_edits("conv_seqs.2.res_block1:5=0")]
     which, level_of = np.repeat(np.arange(2), 4), np.tile(np.arange(4), 2)
