@@ -7,8 +7,11 @@ Same work on every side: TopK (k = 4, 8, 16, 32 over the members), unit-norm dec
 radial part removed, AuxK on dead latents, gradient clipping, Adam; random batches of the real layer's width.
 
     uv run python benchmarks/bench_sae.py [--members 16] [--steps 64] [--batch 2048] [--width 256] [--d-in 32]
+        [--scaling 1,4,16,64,256]
 
-Needs torch (a test-only tool; see the README). Prints samples (positions) per second and the ratios.
+Needs torch (a test-only tool; see the README); torch runs on the GPU when it sees one, as JAX does. Prints samples
+(positions) per second and the ratios; --scaling also times the sweep step alone for each member count, to find the
+sweep size at which adding members stops being free (on a GPU, where a small SAE leaves most of the chip idle).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from jaxinterp.sae.config import SAEConfig
 from jaxinterp.sae.train import BLOCK, make_train, stack_hypers
 
 KS = (4, 8, 16, 32)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def jax_sweep(configs, xs, repeats):
@@ -61,7 +65,7 @@ class TorchTopK(torch.nn.Module):
         self.b_enc = torch.nn.Parameter(torch.zeros(width))
         self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
         self.k, self.k_aux = k, k_aux
-        self.since = torch.zeros(width)
+        self.register_buffer("since", torch.zeros(width))
 
     def loss(self, x, dead_samples):
         pre = (x - self.b_dec) @ self.W_enc + self.b_enc
@@ -86,9 +90,9 @@ class TorchTopK(torch.nn.Module):
 
 def torch_loop(configs, xs, repeats):
     c0 = configs[0]
-    saes = [TorchTopK(c.d_in, c.width, c.k, c0.k_aux, c.seed) for c in configs]
+    saes = [TorchTopK(c.d_in, c.width, c.k, c0.k_aux, c.seed).to(DEVICE) for c in configs]
     opts = [torch.optim.Adam(s.parameters(), lr=c.lr) for s, c in zip(saes, configs, strict=True)]
-    batches = [torch.from_numpy(np.asarray(x)) for x in xs]
+    batches = [torch.from_numpy(np.asarray(x)).to(DEVICE) for x in xs]
 
     def step(sae, opt, x):
         opt.zero_grad(set_to_none=True)
@@ -105,12 +109,19 @@ def torch_loop(configs, xs, repeats):
         step(sae, opt, batches[0])
     best = np.inf
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         for x in batches:
             for sae, opt in zip(saes, opts, strict=True):
                 step(sae, opt, x)
+        _sync()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -122,30 +133,37 @@ def main() -> None:
     ap.add_argument("--d-in", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument(
+        "--scaling", default="", help="comma-separated member counts to time the sweep step alone at"
+    )
+    ap.add_argument(
         "--dead-samples",
         type=int,
         default=SAEConfig.dead_samples,
         help="samples without firing before a latent is dead; small values keep AuxK running on both sides",
     )
     args = ap.parse_args()
-    configs = [
-        SAEConfig(
-            d_in=args.d_in,
-            width=args.width,
-            arch="topk",
-            k=KS[i % len(KS)],
-            seed=i,
-            batch_size=args.batch,
-            dead_samples=args.dead_samples,
-        )
-        for i in range(args.members)
-    ]
+
+    def sweep_configs(members):
+        return [
+            SAEConfig(
+                d_in=args.d_in,
+                width=args.width,
+                arch="topk",
+                k=KS[i % len(KS)],
+                seed=i,
+                batch_size=args.batch,
+                dead_samples=args.dead_samples,
+            )
+            for i in range(members)
+        ]
+
+    configs = sweep_configs(args.members)
     xs = np.random.default_rng(0).normal(size=(args.steps, args.batch, args.d_in)).astype(np.float32)
     samples = args.steps * args.batch
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
         f"({len(jax.devices())} {jax.devices()[0].platform} device(s)), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); {args.members} TopK SAEs {args.d_in}->{args.width}, batch {args.batch}, "
+        f"({DEVICE.type}, {torch.get_num_threads()} threads); {args.members} TopK SAEs {args.d_in}->{args.width}, batch {args.batch}, "
         f"{args.steps} steps, dead after {args.dead_samples:,} samples, best of {args.repeats}"
     )
     t_sweep = jax_sweep(configs, xs, args.repeats)
@@ -167,6 +185,13 @@ def main() -> None:
         f"sweep speed-up: {t_torch / t_sweep:.2f}x over the torch loop, {t_single / t_sweep:.2f}x over single jaxinterp SAEs"
     )
     print(f"one SAE: jaxinterp {t_torch1 / t_jax1:.2f}x the torch step's samples/s")
+    if args.scaling:
+        print(f"{'members':>8} {'ms/step':>9} {'vs one SAE':>10} {'SAE-samples/s':>14}")
+        t_one = None
+        for m in (int(v) for v in args.scaling.split(",")):
+            t = jax_sweep(sweep_configs(m), xs, args.repeats)
+            t_one = t_one or t
+            print(f"{m:8d} {1e3 * t / args.steps:9.3f} {t / t_one:9.2f}x {samples * m / t:14,.0f}")
 
 
 if __name__ == "__main__":

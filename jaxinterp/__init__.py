@@ -21,10 +21,14 @@ The names below load on first use, so that ``import jaxinterp`` (and ``jaxinterp
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 from typing import TYPE_CHECKING
 
-__version__ = _version("jaxinterp")
+try:
+    __version__ = _version("jaxinterp")
+except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed (as on a lent GPU machine)
+    __version__ = "unknown"
 
 __all__ = [
     "Agent",

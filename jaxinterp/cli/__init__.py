@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import version
 
+import jaxinterp
 from jaxinterp.cli import agent, examples, featviz, intervene, report, sae
 from jaxinterp.cli.startup import (
     SPLIT_CPU_COMMANDS,
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxinterp", description="Interpretability for Procgen Heist agents, in JAX."
     )
-    p.add_argument("--version", action="version", version=f"jaxinterp {version('jaxinterp')}")
+    p.add_argument("--version", action="version", version=f"jaxinterp {jaxinterp.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in (
         agent,
