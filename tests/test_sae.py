@@ -1,6 +1,7 @@
 """SAEs: each architecture learns planted sparse features, JumpReLU's estimator, sweep = separate runs, resume =
 uninterrupted, SAELens files both ways, metrics by hand."""
 
+import dataclasses
 import json
 
 import jax
@@ -47,7 +48,13 @@ def _config(arch, **kw):
     return SAEConfig(**base | kw)
 
 
-ARCHS = {"topk": {}, "batchtopk": {}, "jumprelu": {"sparsity_coef": 1.0}, "relu": {"sparsity_coef": 0.05}}
+ARCHS = {
+    "topk": {},
+    "batchtopk": {},
+    "matryoshka": {"matryoshka_levels": 2},  # its smallest dictionary (32) can hold the 32 planted features
+    "jumprelu": {"sparsity_coef": 1.0},
+    "relu": {"sparsity_coef": 0.05},
+}
 
 
 @pytest.mark.slow
@@ -65,7 +72,7 @@ def test_every_architecture_recovers_planted_features(planted, tmp_path):
         w = sae.params.W_dec / np.linalg.norm(sae.params.W_dec, axis=1, keepdims=True)
         best = np.abs(feats @ w.T).max(1)  # each planted direction's closest decoder row
         assert np.median(best) > 0.9, (config.arch, np.round(best, 2))
-        if config.arch in ("topk", "batchtopk", "jumprelu"):
+        if config.arch != "relu":
             assert abs(rec["l0"] - config.k) < 1.5, (config.arch, rec["l0"])
 
 
@@ -163,7 +170,7 @@ def _random_params(d_in=6, d_sae=10, seed=0):
     )
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "matryoshka", "jumprelu"])
 def test_export_folds_the_scale_and_import_is_exact(arch, tmp_path):
     params, scale = _random_params(), 2.5
     config = SAEConfig(d_in=6, width=10, arch=arch, k=3)
@@ -177,11 +184,13 @@ def test_export_folds_the_scale_and_import_is_exact(arch, tmp_path):
     back = files.load_sae(tmp_path)
     assert back.arch == sae.arch and back.layer == "conv_seqs.2.res_block1"
     for a, b in zip(sae.params, back.params, strict=True):
-        if arch in ("jumprelu", "batchtopk") or a is not sae.params.threshold:
+        if arch in ("jumprelu", "batchtopk", "matryoshka") or a is not sae.params.threshold:
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(back.encode(x), sae.encode(x))
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}.get(
+        arch, arch
+    )
     assert runs.trained_arch(back) == arch  # a BatchTopK SAE stays one in tables and plots
     assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "conv_seqs.2.res_block1"
     np.testing.assert_array_equal(files.load_sparsity(tmp_path), np.full(10, -2.0, np.float32))
@@ -282,6 +291,31 @@ def test_config_and_sweep_errors():
         parse_sweep("k=four")
 
 
+def test_matryoshka_loss_is_the_mean_error_of_its_nested_dictionaries():
+    config = SAEConfig(d_in=6, width=16, arch="matryoshka", k=3, matryoshka_levels=3)
+    assert config.prefixes == (4, 8, 16)
+    params = _random_params(d_in=6, d_sae=16)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
+    z = jnp.asarray(np.maximum(rng.normal(size=(32, 16)), 0), jnp.float32)
+    by_hand = np.mean([np.mean((x - (z[:, :m] @ params.W_dec[:m] + params.b_dec)) ** 2) for m in (4, 8, 16)])
+    np.testing.assert_allclose(model.matryoshka_mse(config.prefixes, params, x, z), by_hand, rtol=1e-5)
+    # the loss's reconstruction term is this on BatchTopK's latents; with one level it is BatchTopK's own
+    hyper, dead = model.hyper_of(config), jnp.zeros(16, bool)
+    _, (zb, terms) = model.loss(config, params, x, hyper, dead, jnp.float32(1))
+    np.testing.assert_allclose(terms.recon, model.matryoshka_mse(config.prefixes, params, x, zb), rtol=1e-6)
+    one = dataclasses.replace(config, matryoshka_levels=1)
+    batch = dataclasses.replace(config, arch="batchtopk")
+    for a, b in zip(
+        model.loss(one, params, x, hyper, dead, 1.0)[1][1],
+        model.loss(batch, params, x, hyper, dead, 1.0)[1][1],
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(JaxinterpError, match="width \\(=4\\) must be >= 8"):
+        SAEConfig(d_in=6, width=4, k=2, arch="matryoshka", matryoshka_levels=4)
+
+
 def test_geometric_median_resists_outliers():
     x = np.concatenate([np.zeros((99, 3)), np.full((1, 3), 1000.0)])
     assert np.abs(geometric_median(x)).max() < 1e-3
@@ -372,6 +406,27 @@ def test_an_exact_sae_spliced_into_the_policy_acts_as_the_clean_agent(heist_fram
         for s in range(3)
     ]
     assert any((a != np.asarray(clean(jax.random.key(s), heist_frames)[0])).any() for s, a in enumerate(acts))
+
+
+def test_absorption_finds_the_parent_latent_silent_where_a_child_latent_took_over():
+    cls = {c: j for j, c in enumerate(metrics.OBJECT_CLASSES)}
+    present = np.zeros((300, len(metrics.OBJECT_CLASSES)), bool)
+    present[:100, cls["key_blue"]] = present[100:200, cls["key_green"]] = present[200:250, cls["key_red"]] = (
+        True
+    )
+    z = np.zeros((300, 4), np.float32)
+    z[:200, 0] = 1.0  # "any key", except red keys,
+    z[200:250, 1] = 1.0  # where a red-key latent fires instead
+    z[100:200, 2] = 1.0  # a green-key latent beside the parent
+    out = metrics.absorption(present, z, present, z)
+    assert set(out) == {"key"}  # no lock anywhere: nothing to check
+    key = out["key"]
+    assert key["feature"] == 0 and key["f1"] == pytest.approx(2 * 0.8 / 1.8)
+    got = {c: (v["feature"], v["recall"], v["absorbed"]) for c, v in key["children"].items()}
+    assert got == {"key_blue": (0, 1.0, 0.0), "key_green": (2, 1.0, 0.0), "key_red": (1, 0.0, 1.0)}
+    # raw channels with candidate thresholds: the same verdict once the features are shifted off zero
+    shifted = metrics.absorption(present, z - 0.5, present, z - 0.5, thresholds=metrics.channel_thresholds)
+    assert shifted["key"]["children"]["key_red"]["absorbed"] == 1.0
 
 
 def test_sparse_probe_finds_the_informative_feature():

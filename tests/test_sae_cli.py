@@ -37,7 +37,7 @@ def sweep(checkpoint, tmp_path_factory):
         "--batch-size",
         "256",
     ]
-    argv += ["--width", "16", "--sweep", "arch=topk,jumprelu k=2,4", "--out", str(out)]
+    argv += ["--width", "16", "--sweep", "arch=topk,matryoshka,jumprelu k=2,4", "--out", str(out)]
     assert main(argv) == 0
     return out
 
@@ -45,13 +45,20 @@ def sweep(checkpoint, tmp_path_factory):
 @pytest.mark.slow
 def test_train_writes_every_member_in_saelens_layout(sweep, capsys):
     members = sorted(p.name for p in sweep.iterdir() if (p / "cfg.json").exists())
-    assert len(members) == 4 and all(m.split("-")[0] in ("topk", "jumprelu") for m in members)
+    assert len(members) == 6 and all(m.split("-")[0] in ("topk", "matryoshka", "jumprelu") for m in members)
     for m in members:
         sae = load_sae(sweep / m)
         assert (sae.d_in, sae.d_sae, sae.layer) == (32, 16, LAYER)
         ev = json.loads((sweep / m / "eval.json").read_text())
         assert 0 <= ev["policy"]["action_agreement"] <= 1 and ev["reconstruction"]["fvu"] >= 0
         assert set(ev["objects"]) >= {"agent", "key_blue", "gem"}
+        absorption = ev["absorption"]
+        assert set(absorption["latents"]) == set(absorption["channels"]) == {"key", "lock"}
+        for parent in [*absorption["latents"].values(), *absorption["channels"].values()]:
+            for child in parent["children"].values():  # absorbed only where the parent feature is silent
+                assert (
+                    child["recall"] != child["recall"] or 0 <= child["absorbed"] <= 1 - child["recall"] + 1e-9
+                )
     assert (sweep / "frontier.png").exists() and (sweep / "summary.json").exists()
 
 

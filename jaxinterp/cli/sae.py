@@ -88,9 +88,11 @@ def _add_train(group) -> None:
     t.add_argument(
         "--frames", type=int, help=f"frames to record without --dataset (default {DEFAULT_FRAMES})"
     )
-    t.add_argument("--arch", help="topk (default), batchtopk, jumprelu or relu")
+    t.add_argument("--arch", help="topk (default), batchtopk, matryoshka, jumprelu or relu")
     t.add_argument(
-        "--k", type=int, help="active latents per position (topk, batchtopk; jumprelu's target L0)"
+        "--k",
+        type=int,
+        help="active latents per position (topk, batchtopk, matryoshka; jumprelu's target L0)",
     )
     t.add_argument("--width", type=int, help="latents (d_sae); default: the library's, SAEConfig.width")
     t.add_argument("--sparsity-coef", type=float, help="L1 (relu) or L0 (jumprelu) coefficient")

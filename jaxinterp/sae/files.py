@@ -41,7 +41,13 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 SPARSITY_FILE = "sparsity.safetensors"
 # Our architecture -> SAELens' inference architecture name, and back.
-TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+TO_SAELENS = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+    "jumprelu": "jumprelu",
+}
 FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 
 

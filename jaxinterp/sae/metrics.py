@@ -27,8 +27,10 @@ __all__ = [
     "BATCH",
     "DENSE_FREQUENCY",
     "FRAMES_PER_PASS",
+    "PARENTS",
     "PROBE_K",
     "ObjectScores",
+    "absorption",
     "channel_thresholds",
     "choose_and_score",
     "encode_in_batches",
@@ -250,6 +252,15 @@ def object_scores(
     return ObjectScores(*best)
 
 
+def _choose(
+    present: np.ndarray, values: np.ndarray, thresholds: Callable[[np.ndarray], np.ndarray] | None
+) -> list[tuple[int, float]]:
+    """Per column of ``present``, the feature with the best F1 and the threshold above which it fires."""
+    chosen = object_scores(values, present, thresholds=None if thresholds is None else thresholds(values))
+    best = np.argmax(np.nan_to_num(chosen.f1, nan=-1), 0)
+    return [(int(f), float(chosen.threshold[f, j])) for j, f in enumerate(best)]
+
+
 def choose_and_score(
     present_choose: np.ndarray,
     values_choose: np.ndarray,
@@ -262,14 +273,59 @@ def choose_and_score(
     the first set of samples, scored on the second; NaN F1 where the class never occurs in the second, or where
     the first has no sample without it (the last stage's 8 x 8-pixel blocks all hold some wall: nothing to tell
     apart, and a feature that fires everywhere would score F1 1)."""
-    cands = None if thresholds is None else thresholds(values_choose)
-    chosen = object_scores(values_choose, present_choose, thresholds=cands)
     out = []
-    for j in range(present_choose.shape[1]):
-        f = int(np.argmax(np.nan_to_num(chosen.f1[:, j], nan=-1)))
-        fires = values_score[:, f] > chosen.threshold[f, j]
-        _, _, f1 = _scores(fires[:, None], present_score[:, [j]])
+    for j, (f, t) in enumerate(_choose(present_choose, values_choose, thresholds)):
+        _, _, f1 = _scores((values_score[:, f] > t)[:, None], present_score[:, [j]])
         out.append((f, float("nan") if present_choose[:, j].all() else float(f1[0, 0])))
+    return out
+
+
+PARENTS = {
+    "key": ("key_blue", "key_green", "key_red"),
+    "lock": ("lock_blue", "lock_green", "lock_red"),
+}
+"""Parent classes for the absorption check: a position holds the parent when it holds any of its children."""
+
+
+def absorption(
+    present_choose: np.ndarray,
+    values_choose: np.ndarray,
+    present_score: np.ndarray,
+    values_score: np.ndarray,
+    *,
+    thresholds: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, dict]:
+    """Feature absorption (Chanin et al. 2024) against the ground truth. Per parent class (`PARENTS`: any key, any
+    lock), the feature that best detects the parent and each child's own best feature are chosen on the first set
+    of samples; on the second, per child: the parent feature's ``recall`` on the child's positions, and ``absorbed``:
+    the fraction of them where the parent feature is silent while the child's feature fires (the parent direction
+    taken over by a more specific feature). NaN where the child never occurs in the second set; a parent absent
+    from the first set is left out."""
+    index = {c: j for j, c in enumerate(OBJECT_CLASSES)}
+    out = {}
+    for parent, children in PARENTS.items():
+        cols = [index[c] for c in children]
+        with_parent = np.concatenate(
+            [present_choose[:, cols], present_choose[:, cols].any(1, keepdims=True)], 1
+        )
+        if not with_parent[:, -1].any():
+            continue
+        *child_choice, (f, t) = _choose(with_parent, values_choose, thresholds)
+        parent_fires = values_score[:, f] > t
+        there = present_score[:, cols].any(1)
+        _, _, f1 = _scores(parent_fires[:, None], there[:, None])
+        per_child = {}
+        for c, col, (fc, tc) in zip(children, cols, child_choice, strict=True):
+            at = present_score[:, col]
+            n = max(int(at.sum()), 1)
+            per_child[c] = {
+                "feature": fc,
+                "recall": float(parent_fires[at].sum() / n) if at.any() else float("nan"),
+                "absorbed": float((~parent_fires & (values_score[:, fc] > tc))[at].sum() / n)
+                if at.any()
+                else float("nan"),
+            }
+        out[parent] = {"feature": f, "f1": float(f1[0, 0]), "children": per_child}
     return out
 
 

@@ -1,4 +1,4 @@
-"""The SAE itself: parameters, the four encoders, the decoder and the training loss, as pure per-member functions.
+"""The SAE itself: parameters, the encoders, the decoder and the training loss, as pure per-member functions.
 
 Shapes follow SAELens: ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in); the encoder sees ``x - b_dec``
 (``apply_b_dec_to_input``). ``k`` may be a traced value (the k-th largest is found by bisection, not
@@ -8,12 +8,13 @@ Shapes follow SAELens: ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in); the enc
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.sae.config import SAEConfig
+from jaxinterp.sae.config import BATCH_TOPK, SAEConfig
 
 __all__ = [
     "BISECTIONS",
@@ -29,6 +30,7 @@ __all__ = [
     "jumprelu",
     "kth_largest",
     "loss",
+    "matryoshka_mse",
     "pre_activations",
     "step",
     "top_k_mask",
@@ -221,14 +223,14 @@ step.defvjp(_step_fwd, _step_bwd)
 
 
 def encode(arch: str, params: SAEParams, x: jax.Array, k: jax.Array) -> jax.Array:
-    """Latents for inference: batchtopk uses its learned global threshold (a JumpReLU), so a sample's code does
-    not depend on the rest of its batch."""
+    """Latents for inference: batchtopk and matryoshka use their learned global threshold (a JumpReLU), so a
+    sample's code does not depend on the rest of its batch."""
     pre = pre_activations(params, x)
     if arch == "relu":
         return jax.nn.relu(pre)
     if arch == "topk":
         return top_k_mask(pre, k)
-    return pre * (pre > params.threshold)  # jumprelu and batchtopk
+    return pre * (pre > params.threshold)  # jumprelu, batchtopk and matryoshka
 
 
 class Terms(NamedTuple):
@@ -240,7 +242,7 @@ class Terms(NamedTuple):
     aux: jax.Array  # the AuxK term
     l0: jax.Array  # active latents per sample
     fvu: jax.Array  # pooled fraction of variance unexplained
-    kept_min: jax.Array  # batchtopk: the smallest activation kept (feeds its inference threshold)
+    kept_min: jax.Array  # batchtopk, matryoshka: the smallest activation kept (feeds the inference threshold)
 
 
 def loss(
@@ -263,7 +265,7 @@ def loss(
         sparsity = hyper.sparsity_coef * jnp.mean(jnp.sum(z * norms, -1))
     elif config.arch == "topk":
         z, sparsity = top_k_mask(pre, hyper.k), jnp.float32(0.0)
-    elif config.arch == "batchtopk":
+    elif config.arch in BATCH_TOPK:
         (z, kept_min), sparsity = batch_top_k(pre, hyper.k), jnp.float32(0.0)
     else:
         threshold = params.threshold
@@ -273,10 +275,10 @@ def loss(
         sparsity = hyper.sparsity_coef * penalty
     x_hat = decode(params, z)
     err = x - x_hat
-    recon = jnp.mean(err**2)
+    recon = matryoshka_mse(config.prefixes, params, x, z) if config.arch == "matryoshka" else jnp.mean(err**2)
     aux = (
         auxk(params, pre, err, dead, config.k_aux)
-        if config.arch in ("topk", "batchtopk")
+        if config.arch in ("topk", *BATCH_TOPK)
         else jnp.float32(0.0)
     )
     sparsity = warm * sparsity
@@ -284,6 +286,20 @@ def loss(
     fvu = jnp.sum(err**2) / jnp.sum((x - x.mean(0)) ** 2)
     l0 = jnp.mean(jnp.sum(z > 0, -1))
     return total, (z, Terms(total, recon, sparsity, aux, l0, fvu, kept_min))
+
+
+def matryoshka_mse(prefixes: tuple[int, ...], params: SAEParams, x: jax.Array, z: jax.Array) -> jax.Array:
+    """The mean over the nested dictionaries (the first ``m`` latents, ``m`` in ``prefixes``) of the squared error
+    each makes alone, per element. One decode per slice between prefixes, summed cumulatively: the cost of one full
+    decode."""
+    bounds = (0, *prefixes)
+    parts = [z[:, a:b] @ params.W_dec[a:b] for a, b in itertools.pairwise(bounds)]
+    x_hat = params.b_dec
+    errors = []
+    for part in parts:
+        x_hat = x_hat + part
+        errors.append(jnp.mean((x - x_hat) ** 2))
+    return jnp.mean(jnp.stack(errors))
 
 
 def auxk(params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:

@@ -142,6 +142,7 @@ def evaluate_saes(
     (p_tr, a_tr), (p_ho, a_ho) = splits["train"], splits["heldout"]
     channels = metrics.choose_and_score(p_tr, a_tr, p_ho, a_ho, thresholds=metrics.channel_thresholds)
     channel_probes = _probes(p_tr, a_tr, p_ho, a_ho)
+    channel_absorption = metrics.absorption(p_tr, a_tr, p_ho, a_ho, thresholds=metrics.channel_thresholds)
     summary = []
     for d, sae in zip(dirs, saes, strict=True):
         rec = metrics.reconstruction(sae, x)
@@ -167,6 +168,10 @@ def evaluate_saes(
                 "k": list(metrics.PROBE_K),
                 "latents": _probes(p_tr, z_tr, p_ho, z_ho),
                 "channels": channel_probes,
+            },
+            "absorption": {
+                "latents": metrics.absorption(p_tr, z_tr, p_ho, z_ho),
+                "channels": channel_absorption,
             },
         }
         (Path(d) / EVAL_FILE).write_text(json.dumps(result, indent=2))

@@ -28,7 +28,7 @@ from jaxinterp.atomic import atomic_path, write_text
 from jaxinterp.errors import JaxinterpError
 from jaxinterp.models.agent import ROWS, data_mesh
 from jaxinterp.progress import bar as progress_bar
-from jaxinterp.sae.config import SAEConfig
+from jaxinterp.sae.config import BATCH_TOPK, SAEConfig
 from jaxinterp.sae.data import ActivationSource, geometric_median, input_scale
 from jaxinterp.sae.model import Hyper, SAEParams, Terms, hyper_of, init_params, loss
 
@@ -126,7 +126,7 @@ def _constrain_params(config: SAEConfig, step: jax.Array, params: SAEParams, ter
         params = params._replace(W_dec=_unit_rows(params.W_dec))
     if config.arch == "jumprelu":
         params = params._replace(threshold=jnp.maximum(params.threshold, 0.0))
-    if config.arch == "batchtopk":  # the inference threshold: an EMA of the smallest activation kept
+    if config.arch in BATCH_TOPK:  # the inference threshold: an EMA of the smallest activation kept
         old = params.threshold[0]
         new = jnp.where(
             step == 0,
