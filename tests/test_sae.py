@@ -272,6 +272,20 @@ def test_the_frontier_groups_members_by_how_they_were_trained():
     assert groups == {"batchtopk": [(6.5, 1 / 6.5)], "jumprelu": [(8.2, 1 / 8.2)], "topk": [(8, 1 / 8)]}
 
 
+def test_the_summary_shows_the_mean_absorbed_fraction_over_the_colours_present():
+    def entry(name, absorption):
+        r = {"l0": 8, "fvu": 0.02, "dead_fraction": 0.0, "dense_fraction": 0.05}
+        p = {"action_agreement": 0.9, "move_agreement": 0.95, "kl_score_zero": 0.99}
+        return {"sae": f"sweep/{name}", "reconstruction": r, "policy": p} | absorption
+
+    children = {"key": {"children": {"key_blue": {"absorbed": 0.2}, "key_red": {"absorbed": float("nan")}}}}
+    children["lock"] = {"children": {"lock_red": {"absorbed": 0.4}}}
+    lines = runs.format_summary([entry("new", {"absorption": {"latents": children}}), entry("old", {})])
+    header, new, old = lines.splitlines()
+    assert header.split()[9] == "absorbed"  # after "KL score"
+    assert new.split()[8] == "0.300" and old.split()[8] == "-"  # an eval.json from before the check has none
+
+
 def test_config_and_sweep_errors():
     with pytest.raises(JaxinterpError, match="k \\(=300\\) must be <= width"):
         SAEConfig(d_in=32, k=300)

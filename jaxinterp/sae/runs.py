@@ -243,12 +243,13 @@ def _objects_and_acts(
 
 
 def format_summary(summary: Sequence[dict]) -> str:
-    """One line per SAE: L0, FVU, dead and dense fractions, action and move agreement, KL score, and success with
-    the SAE spliced in (clean) when episodes were played."""
+    """One line per SAE: L0, FVU, dead and dense fractions, action and move agreement, KL score, the mean absorbed
+    fraction over the key and lock colours (`metrics.absorption`), and success with the SAE spliced in (clean) when
+    episodes were played."""
     lines = [
         (
             f"{'sae':<40} {'L0':>6} {'FVU':>7} {'dead':>6} {'dense':>6} {'action':>7} {'move':>7} {'KL score':>8}"
-            f" {'success (clean)':>16}"
+            f" {'absorbed':>8} {'success (clean)':>16}"
         )
     ]
     for s in summary:
@@ -259,10 +260,17 @@ def format_summary(summary: Sequence[dict]) -> str:
             if played
             else "-"
         )
+        absorbed = [
+            c["absorbed"]
+            for parent in s.get("absorption", {}).get("latents", {}).values()
+            for c in parent["children"].values()
+            if c["absorbed"] == c["absorbed"]  # not NaN: the colour occurs in the held-out frames
+        ]
+        mean_absorbed = f"{np.mean(absorbed):8.3f}" if absorbed else f"{'-':>8}"
         lines.append(
             f"{Path(s['sae']).name:<40} {r['l0']:6.2f} {r['fvu']:7.4f} {r['dead_fraction']:6.1%} "
             f"{r['dense_fraction']:6.1%} {p['action_agreement']:7.1%} {p['move_agreement']:7.1%} "
-            f"{p['kl_score_zero']:8.3f} {success:>16}"
+            f"{p['kl_score_zero']:8.3f} {mean_absorbed} {success:>16}"
         )
     return "\n".join(lines)
 
