@@ -313,11 +313,15 @@ def test_matryoshka_loss_is_the_mean_error_of_its_nested_dictionaries():
     x = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
     z = jnp.asarray(np.maximum(rng.normal(size=(32, 16)), 0), jnp.float32)
     by_hand = np.mean([np.mean((x - (z[:, :m] @ params.W_dec[:m] + params.b_dec)) ** 2) for m in (4, 8, 16)])
-    np.testing.assert_allclose(model.matryoshka_mse(config.prefixes, params, x, z), by_hand, rtol=1e-5)
+    mse, x_hat = model.matryoshka_mse(config.prefixes, params, x, z)
+    np.testing.assert_allclose(mse, by_hand, rtol=1e-5)
+    np.testing.assert_allclose(x_hat, model.decode(params, z), rtol=1e-5, atol=1e-5)  # the whole dictionary's
     # the loss's reconstruction term is this on BatchTopK's latents; with one level it is BatchTopK's own
     hyper, dead = model.hyper_of(config), jnp.zeros(16, bool)
     _, (zb, terms) = model.loss(config, params, x, hyper, dead, jnp.float32(1))
-    np.testing.assert_allclose(terms.recon, model.matryoshka_mse(config.prefixes, params, x, zb), rtol=1e-6)
+    np.testing.assert_allclose(
+        terms.recon, model.matryoshka_mse(config.prefixes, params, x, zb)[0], rtol=1e-6
+    )
     one = dataclasses.replace(config, matryoshka_levels=1)
     batch = dataclasses.replace(config, arch="batchtopk")
     for a, b in zip(

@@ -317,14 +317,9 @@ def absorption(
         per_child = {}
         for c, col, (fc, tc) in zip(children, cols, child_choice, strict=True):
             at = present_score[:, col]
-            n = max(int(at.sum()), 1)
-            per_child[c] = {
-                "feature": fc,
-                "recall": float(parent_fires[at].sum() / n) if at.any() else float("nan"),
-                "absorbed": float((~parent_fires & (values_score[:, fc] > tc))[at].sum() / n)
-                if at.any()
-                else float("nan"),
-            }
+            taken = ~parent_fires & (values_score[:, fc] > tc)
+            recall, absorbed = (parent_fires[at].mean(), taken[at].mean()) if at.any() else (np.nan, np.nan)
+            per_child[c] = {"feature": fc, "recall": float(recall), "absorbed": float(absorbed)}
         out[parent] = {"feature": f, "f1": float(f1[0, 0]), "children": per_child}
     return out
 

@@ -273,9 +273,12 @@ def loss(
         l0 = jnp.mean(jnp.sum(step(pre, threshold, config.bandwidth), -1))
         penalty = (l0 / hyper.k - 1.0) ** 2 if config.target_l0 else l0
         sparsity = hyper.sparsity_coef * penalty
-    x_hat = decode(params, z)
+    if config.arch == "matryoshka":
+        recon, x_hat = matryoshka_mse(config.prefixes, params, x, z)
+    else:
+        x_hat = decode(params, z)
+        recon = jnp.mean((x - x_hat) ** 2)
     err = x - x_hat
-    recon = matryoshka_mse(config.prefixes, params, x, z) if config.arch == "matryoshka" else jnp.mean(err**2)
     aux = (
         auxk(params, pre, err, dead, config.k_aux)
         if config.arch in ("topk", *BATCH_TOPK)
@@ -288,10 +291,12 @@ def loss(
     return total, (z, Terms(total, recon, sparsity, aux, l0, fvu, kept_min))
 
 
-def matryoshka_mse(prefixes: tuple[int, ...], params: SAEParams, x: jax.Array, z: jax.Array) -> jax.Array:
+def matryoshka_mse(
+    prefixes: tuple[int, ...], params: SAEParams, x: jax.Array, z: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """The mean over the nested dictionaries (the first ``m`` latents, ``m`` in ``prefixes``) of the squared error
-    each makes alone, per element. One decode per slice between prefixes, summed cumulatively: the cost of one full
-    decode."""
+    each makes alone, per element, and the whole dictionary's reconstruction. One decode per slice between
+    prefixes, summed cumulatively: the cost of one full decode."""
     bounds = (0, *prefixes)
     parts = [z[:, a:b] @ params.W_dec[a:b] for a, b in itertools.pairwise(bounds)]
     x_hat = params.b_dec
@@ -299,7 +304,7 @@ def matryoshka_mse(prefixes: tuple[int, ...], params: SAEParams, x: jax.Array, z
     for part in parts:
         x_hat = x_hat + part
         errors.append(jnp.mean((x - x_hat) ** 2))
-    return jnp.mean(jnp.stack(errors))
+    return jnp.mean(jnp.stack(errors)), x_hat
 
 
 def auxk(params: SAEParams, pre: jax.Array, err: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
