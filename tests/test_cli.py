@@ -1,5 +1,7 @@
 """The command line: info, convert round trips, rollout, evaluate, export, and one-line errors."""
 
+import argparse
+import inspect
 import json
 import shlex
 
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 import jaxinterp
+import jaxinterp.cli
 import jaxinterp.envs.dataset
 import jaxinterp.rl.train
 from jaxinterp.cli import main
@@ -355,3 +358,63 @@ def test_the_greedy_evaluation_is_the_argmax_policy_on_the_same_levels(checkpoin
     assert list(both) == ["agent", "greedy", "random"]
     assert both["greedy"] == argmax["agent"] and both["random"] == argmax["random"]
     assert both["agent"] == evaluate(agent, **options)["agent"]
+
+
+def _option_help(argv: list[str], option: str) -> str:
+    """The help text of ``option`` of the (sub)command ``argv``."""
+    parser = jaxinterp.cli.build_parser()
+    for name in argv:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return next(a.help for a in parser._actions if option in a.option_strings)
+
+
+def _default(fn, name: str):
+    return inspect.signature(fn).parameters[name].default
+
+
+def test_every_option_has_help_and_stated_defaults_are_the_librarys():
+    """The CLI passes only the flags given (the library's defaults apply), so the defaults its help states are
+    checked against the library here."""
+    from jaxinterp.envs.heist import HeistConfig
+    from jaxinterp.examples.find import find_examples
+    from jaxinterp.report.visualizations import FeatvizSettings
+    from jaxinterp.rl.evaluate import evaluate
+    from jaxinterp.rl.export import export_agent
+    from jaxinterp.sae import SAEConfig
+    from jaxinterp.sae.track import track_episodes
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    undocumented = [(p, a.dest) for p, a in walk(jaxinterp.cli.build_parser(), []) if not a.help]
+    assert undocumented == []
+    vis, sae = FeatvizSettings(), SAEConfig(d_in=32)
+    stated = {
+        (("visualize",), "--facets"): vis.facets,
+        (("visualize",), "--steps"): vis.steps,
+        (("visualize",), "--lr"): vis.lr,
+        (("visualize",), "--basis"): vis.basis,
+        (("visualize",), "--tv"): vis.tv,
+        (("visualize",), "--l2"): vis.l2,
+        (("evaluate",), "--episodes"): _default(evaluate, "episodes"),
+        (("evaluate",), "--levels"): _default(evaluate, "levels"),
+        (("export-agent",), "--episodes"): _default(export_agent, "episodes"),
+        (("rollout",), "--num-envs"): HeistConfig().num_envs,
+        (("rollout",), "--distribution-mode"): HeistConfig().distribution_mode,
+        (("rollout",), "--num-levels"): HeistConfig().num_levels,
+        (("rollout",), "--start-level"): HeistConfig().start_level,
+        (("examples",), "--k"): _default(find_examples, "k"),
+        (("examples",), "--diversity-on"): _default(find_examples, "diversity_on"),
+        (("sae", "train"), "--lr"): sae.lr,
+        (("sae", "train"), "--steps"): sae.steps,
+        (("sae", "train"), "--batch-size"): sae.batch_size,
+        (("sae", "track"), "--episodes"): _default(track_episodes, "episodes"),
+    }
+    for (argv, option), value in stated.items():
+        assert f"(default {value}" in _option_help(list(argv), option), (argv, option, value)

@@ -96,7 +96,7 @@ def _add_convert(sub) -> None:
     c.add_argument(
         "input", help="weights file, orbax directory or train-agent run directory (its latest policy)"
     )
-    c.add_argument("output")
+    c.add_argument("output", help="OUT.pt (pfrl torch layout), OUT.safetensors, or a directory (orbax)")
     c.set_defaults(func=cmd_convert)
 
 
@@ -115,15 +115,15 @@ def _add_rollout(sub) -> None:
     add_checkpoint_arg(r)
     r.add_argument("--random", action="store_true", help="random actions instead of an agent")
     r.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
-    r.add_argument("--frames", type=int, required=True)
+    r.add_argument("--frames", type=int, required=True, help="rows to record, all environments together")
     r.add_argument("--out", required=True, help="dataset directory (rerun to resume or extend)")
     r.add_argument("--layers", help="comma-separated layer names whose activations to store")
     add_seed_arg(r)
-    r.add_argument("--num-envs", type=int)
+    r.add_argument("--num-envs", type=int, help="environments played at once (default 64)")
     # The choices are HeistConfig's DISTRIBUTION_MODES, spelled out: importing them would import jax.
-    r.add_argument("--distribution-mode", choices=["easy", "hard"])
-    r.add_argument("--num-levels", type=int, help="0: unbounded")
-    r.add_argument("--start-level", type=int)
+    r.add_argument("--distribution-mode", choices=["easy", "hard"], help="Heist's difficulty (default easy)")
+    r.add_argument("--num-levels", type=int, help="levels to draw from (default 0: unbounded)")
+    r.add_argument("--start-level", type=int, help="first level of that range (default 0)")
     r.set_defaults(func=cmd_rollout)
 
 
@@ -155,10 +155,14 @@ def _add_evaluate(sub) -> None:
         "evaluate", help="mean return (95%% interval) and success rate, beside the random policy"
     )
     e.add_argument("checkpoint", nargs="?", help="checkpoint (default: the shipped agent)")
-    e.add_argument("--episodes", type=int)
-    e.add_argument("--levels", choices=["unseen", "train"])
+    e.add_argument("--episodes", type=int, help="episodes of each policy (default 1000)")
+    e.add_argument(
+        "--levels",
+        choices=["unseen", "train"],
+        help="levels the run never trained on, or its own (default unseen)",
+    )
     add_seed_arg(e)
-    e.add_argument("--greedy", action="store_true")
+    e.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling from the logits")
     e.add_argument("--json", help="also write the results to this JSON file")
     e.set_defaults(func=cmd_evaluate)
 
@@ -180,14 +184,14 @@ def _add_export_agent(sub) -> None:
     x = sub.add_parser(
         "export-agent", help="export a training run: .pt, .safetensors, colour stats, model card"
     )
-    x.add_argument("run_dir")
+    x.add_argument("run_dir", help="a train-agent run directory")
     x.add_argument("out", help="output stem, e.g. weights/heist-impala")
     x.add_argument(
         "--checkpoint",
         help="one of the run's checkpoints, an iter_NNNNNN directory, possibly copied out of the run (default: "
         "its latest)",
     )
-    x.add_argument("--episodes", type=int)
+    x.add_argument("--episodes", type=int, help="episodes of the card's evaluation (default 1000)")
     add_seed_arg(x)
     x.set_defaults(func=cmd_export_agent)
 

@@ -35,14 +35,16 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="agent weights (default: the shipped agent in weights/)")
 
 
-def add_seed_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
-    p.add_argument("--seed", type=int, default=SEED, help=help)
+def add_seed_arg(p: argparse.ArgumentParser, help: str = "seed of every random draw") -> None:
+    p.add_argument("--seed", type=int, default=SEED, help=f"{help}; default {SEED}")
 
 
 def add_layer_over_dataset_args(p: argparse.ArgumentParser) -> None:
     """The arguments of a command that scans a layer's channels over a rollout dataset."""
     add_checkpoint_arg(p)
-    p.add_argument("--layer", required=True)
+    p.add_argument(
+        "--layer", required=True, help="layer name, e.g. conv_seqs.2.res_block1 (jaxinterp info lists them)"
+    )
     p.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
     p.add_argument("--channels", default="all", help="all | 3 | 0-15 | 1,4,9")
 

@@ -46,9 +46,13 @@ def _add_examples(sub) -> None:
         "examples", help="top-activating frames and diverse receptive-field patches per channel"
     )
     add_layer_over_dataset_args(ex)
-    ex.add_argument("--k", type=int)
+    ex.add_argument("--k", type=int, help="examples per channel (default 16)")
     ex.add_argument("--diversity", type=float, help="cosine-similarity penalty weight (0: top-k)")
-    ex.add_argument("--diversity-on", choices=["activations", "pixels"])
+    ex.add_argument(
+        "--diversity-on",
+        choices=["activations", "pixels"],
+        help="what the diversity penalty compares (default activations)",
+    )
     ex.add_argument(
         "--spatial",
         action="store_true",
@@ -64,7 +68,7 @@ def _add_examples(sub) -> None:
     ex.add_argument(
         "--reuse", type=int, help="cells one episode may fill in a mosaic (--spatial; default: a sixteenth)"
     )
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", required=True, help="output directory for the sheets")
     ex.set_defaults(func=cmd_examples)
 
 
@@ -116,7 +120,7 @@ def _add_objects(sub) -> None:
         "objects", help="which game objects (keys, locks, gem, agent ...) each channel of a layer responds to"
     )
     add_layer_over_dataset_args(ob)
-    ob.add_argument("--out", required=True)
+    ob.add_argument("--out", required=True, help="output directory for the tables and maps")
     ob.set_defaults(func=cmd_objects)
 
 
@@ -147,12 +151,17 @@ def _add_attribution(sub) -> None:
         "attribution", help="saliency overlays: gradient x activation or integrated gradients"
     )
     add_checkpoint_arg(at)
-    at.add_argument("--dataset", required=True)
+    at.add_argument("--dataset", required=True, help="a rollout dataset directory (jaxinterp rollout)")
     at.add_argument("--frames", required=True, help="comma-separated dataset rows, e.g. 0,100,2000")
     at.add_argument("--target", default="value", help="value | action:N (that action's logit)")
     at.add_argument("--layer", help="input (pixels) or a layer name (its channels)")
-    at.add_argument("--method", default="ig", choices=["ig", "gxa"])
-    at.add_argument("--out", required=True)
+    at.add_argument(
+        "--method",
+        default="ig",
+        choices=["ig", "gxa"],
+        help="integrated gradients or gradient x activation (default ig)",
+    )
+    at.add_argument("--out", required=True, help="output directory for the overlays")
     at.set_defaults(func=cmd_attribution)
 
 

@@ -39,27 +39,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--objective",
         help="channel (the default) | neuron | 'L:7 - 0.5*L:3' | action:2 | value | deepdream:L ... (see README)",
     )
-    v.add_argument("--facets", type=int)
-    v.add_argument("--steps", type=int)
+    v.add_argument("--facets", type=int, help="images per channel, pushed apart by --diversity (default 1)")
+    v.add_argument("--steps", type=int, help="optimization steps (default 512)")
     v.add_argument("--thresholds", help="steps at which to keep images too, e.g. 64,256")
-    v.add_argument("--lr", type=float)
-    v.add_argument("--basis", choices=["fft", "pixel"])
-    v.add_argument("--no-decorrelate", action="store_true")
-    v.add_argument("--no-transforms", action="store_true")
+    v.add_argument("--lr", type=float, help="Adam learning rate (default 0.05)")
+    v.add_argument("--basis", choices=["fft", "pixel"], help="image parameterization (default fft)")
+    v.add_argument(
+        "--no-decorrelate",
+        action="store_true",
+        help="optimize plain RGB, not the agent's decorrelated colours",
+    )
+    v.add_argument(
+        "--no-transforms", action="store_true", help="no pad, jitter, scale or rotation between steps"
+    )
     v.add_argument(
         "--jitter",
         help="jitter crop sizes in px, before and after scale/rotation (default: transforms.DEFAULT_JITTERS; "
         "transforms.NEURON_JITTERS suits --objective neuron)",
     )
     _add_context_args(v)
-    v.add_argument("--tv", type=float)
-    v.add_argument("--l2", type=float)
+    v.add_argument("--tv", type=float, help="total-variation penalty weight (default 0.0)")
+    v.add_argument("--l2", type=float, help="L2 penalty weight on the image (default 0.0)")
     v.add_argument("--diversity", type=float, help="facet diversity weight (needs --facets > 1)")
     v.add_argument(
         "--real-frames", type=int, help="frames of the agent's play for percentiles and colour statistics"
     )
     add_seed_arg(v)
-    v.add_argument("--out", required=True)
+    v.add_argument("--out", required=True, help="output directory: a folder per layer")
     v.set_defaults(func=cmd_visualize)
 
 

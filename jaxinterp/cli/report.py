@@ -27,7 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--diversity", type=float, help="cosine-similarity penalty of the examples")
     rp.add_argument("--steps", type=int, help="feature-visualization steps")
     add_seed_arg(rp)
-    rp.add_argument("--out", required=True)
+    rp.add_argument("--out", required=True, help="output directory: index.html and its images")
     rp.add_argument(
         "--sae", help="an SAE directory (jaxinterp sae train): adds a section with a row per latent"
     )

@@ -96,9 +96,9 @@ def _add_train(group) -> None:
     )
     t.add_argument("--width", type=int, help="latents (d_sae); default: the library's, SAEConfig.width")
     t.add_argument("--sparsity-coef", type=float, help="L1 (relu) or L0 (jumprelu) coefficient")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
+    t.add_argument("--steps", type=int, help="optimizer steps (default 3000)")
+    t.add_argument("--batch-size", type=int, help="activation vectors per step (default 2048)")
     t.add_argument(
         "--sweep", help='a grid trained in one program, e.g. "k=4,8,16 arch=topk,jumprelu seed=0,1"'
     )
@@ -203,10 +203,10 @@ def _add_track(group) -> None:
     k.add_argument("--sae", required=True, help="an SAE directory")
     k.add_argument("--latent", type=int, help="latent index (default: the best latent for --object)")
     k.add_argument("--object", help="object class to score against (default: the latent's best class)")
-    k.add_argument("--episodes", type=int)
+    k.add_argument("--episodes", type=int, help="episodes to play and draw (default 2)")
     k.add_argument("--max-steps", type=int, help="frames per episode at most")
     add_seed_arg(k, help="seed of the levels played")
-    k.add_argument("--out", required=True)
+    k.add_argument("--out", required=True, help="output directory: GIFs, strips and tracking.json")
     add_checkpoint_arg(k)
     k.set_defaults(func=cmd_track)
 
@@ -237,10 +237,12 @@ def _add_features(group) -> None:
     f.add_argument(
         "--where", default="centre", choices=("centre", "mean"), help="the latent at the centre or mean"
     )
-    f.add_argument("--steps", type=int, default=FEATURE_STEPS)
+    f.add_argument(
+        "--steps", type=int, default=FEATURE_STEPS, help=f"optimization steps (default {FEATURE_STEPS})"
+    )
     f.add_argument("--k", type=int, help="dataset examples per latent")
     f.add_argument("--dataset", help="rollout dataset (default: the sweep's own data/)")
-    f.add_argument("--out", required=True)
+    f.add_argument("--out", required=True, help="output directory: featviz/ and examples/")
     add_checkpoint_arg(f)
     f.set_defaults(func=cmd_features)
 
@@ -278,7 +280,7 @@ def cmd_features(args) -> None:
 def _add_export(group) -> None:
     x = group.add_parser("export", help="copy SAE(s) out of a sweep directory in SAELens' layout")
     x.add_argument("--sae", required=True, help="an SAE directory or a sweep directory")
-    x.add_argument("--out", required=True)
+    x.add_argument("--out", required=True, help="destination directory (one folder per SAE for a sweep)")
     x.set_defaults(func=cmd_export)
 
 
@@ -302,7 +304,7 @@ def _add_import(group) -> None:
     )
     m.add_argument("source", help="directory with cfg.json and sae_weights.safetensors")
     m.add_argument("--layer", help="the agent layer it reads (default: cfg.json's metadata.hook_name)")
-    m.add_argument("--out", required=True)
+    m.add_argument("--out", required=True, help="SAE directory to write")
     add_checkpoint_arg(m)
     m.set_defaults(func=cmd_import)
 
