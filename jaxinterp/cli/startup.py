@@ -16,7 +16,7 @@ __all__ = [
     "persistent_compile_cache",
 ]
 
-SPLIT_CPU_COMMANDS = ("visualize", "train-agent", "rollout", "evaluate", "sae")
+SPLIT_CPU_COMMANDS = ("visualize", "train-agent", "rollout", "evaluate", "export-agent", "sae")
 """Commands whose work is split over the local devices (data parallel or sharded channels)."""
 
 COMPILE_CACHE_BYTES = 2**30
