@@ -26,7 +26,10 @@ __all__ = ["build_parser", "entry", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jaxinterp", description="Interpretability for Procgen Heist agents, in JAX."
+        prog="jaxinterp",
+        description="Interpretability for Procgen Heist agents, in JAX.",
+        epilog="Start with `jaxinterp report --out report/` (every channel of the shipped agent on one page); "
+        "`jaxinterp COMMAND --help` lists a command's options.",
     )
     p.add_argument("--version", action="version", version=f"jaxinterp {jaxinterp.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
