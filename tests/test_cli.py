@@ -360,15 +360,6 @@ def test_the_greedy_evaluation_is_the_argmax_policy_on_the_same_levels(checkpoin
     assert both["agent"] == evaluate(agent, **options)["agent"]
 
 
-def _option_help(argv: list[str], option: str) -> str:
-    """The help text of ``option`` of the (sub)command ``argv``."""
-    parser = jaxinterp.cli.build_parser()
-    for name in argv:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices[name]
-    return next(a.help for a in parser._actions if option in a.option_strings)
-
-
 def _default(fn, name: str):
     return inspect.signature(fn).parameters[name].default
 
@@ -392,8 +383,9 @@ def test_every_option_has_help_and_stated_defaults_are_the_librarys():
             elif not isinstance(action, argparse._HelpAction):
                 yield path, action
 
-    undocumented = [(p, a.dest) for p, a in walk(jaxinterp.cli.build_parser(), []) if not a.help]
-    assert undocumented == []
+    actions = list(walk(jaxinterp.cli.build_parser(), []))
+    assert [(p, a.dest) for p, a in actions if not a.help] == []
+    helps = {(tuple(p), option): a.help for p, a in actions for option in a.option_strings}
     vis, sae = FeatvizSettings(), SAEConfig(d_in=32)
     stated = {
         (("visualize",), "--facets"): vis.facets,
@@ -417,4 +409,4 @@ def test_every_option_has_help_and_stated_defaults_are_the_librarys():
         (("sae", "track"), "--episodes"): _default(track_episodes, "episodes"),
     }
     for (argv, option), value in stated.items():
-        assert f"(default {value}" in _option_help(list(argv), option), (argv, option, value)
+        assert f"(default {value}" in helps[argv, option], (argv, option, value)
